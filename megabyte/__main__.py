@@ -1,0 +1,5 @@
+import sys
+
+from megabyte.cli import main
+
+sys.exit(main())

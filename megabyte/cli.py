@@ -1,0 +1,54 @@
+"""The `megabyte` command line.
+
+Every sub-command lives in its own module under `megabyte/commands/` and exposes
+`register(subparsers)`, which adds its parser and sets `func` (called with the parsed
+arguments). Modules are discovered, so adding a command is adding a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from megabyte import __version__
+from megabyte.errors import MegabyteError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megabyte",
+        description="Tokenizer-free byte-level language modelling with the MEGABYTE multiscale transformer.",
+    )
+    parser.add_argument("--version", action="version", version=f"megabyte-lm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import megabyte.commands as commands_pkg
+
+    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"megabyte.commands.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except MegabyteError as exc:
+        print(f"megabyte {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"megabyte {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

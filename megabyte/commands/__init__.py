@@ -1,0 +1,1 @@
+"""Sub-commands of the `megabyte` CLI: one module each, discovered by `megabyte.cli`."""
