@@ -1,0 +1,212 @@
+"""Transformer building blocks shared by every model: attention, MLP, block, stack, KV caches.
+
+Shape legend for this module:
+    N  rows (sequences, or patches batched as sequences)
+    L  positions in a row (queries)
+    S  positions visible to a query (keys: cached prefix + new positions)
+    H  attention heads, Dh head width, D model width
+
+Reading order: `KVCache` and `KVCapture` (how decoding remembers the past), `Attention`,
+`MLP`, `Block`, `TransformerStack`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated, for incremental decoding.
+
+    `append` adds the new positions and returns everything visible so far. `restart(keep)`
+    begins a new patch: the last `keep` entries move to the front (the previous patch's tail
+    that cross-patch attention still sees), everything else is forgotten.
+    """
+
+    def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
+        shape = (rows, heads, capacity, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        new = k.shape[2]
+        end = self.length + new
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (N, H, S, Dh)
+
+    def restart(self, keep: int = 0) -> None:
+        keep = min(keep, self.length)
+        if keep:
+            self.k[:, :, :keep] = self.k[:, :, self.length - keep : self.length].clone()
+            self.v[:, :, :keep] = self.v[:, :, self.length - keep : self.length].clone()
+        self.length = keep
+
+
+class KVCapture:
+    """Fills a `KVCache` from a full (training-style) forward pass, to start decoding.
+
+    The full pass runs every row of a stage at once (`groups` rows per sequence); decoding needs
+    only row `row` of each sequence (the current patch), its first `keep` positions, and, for
+    cross-patch attention, the last `prefix` positions of the row before it.
+    """
+
+    def __init__(self, cache: KVCache, *, row: int, keep: int, prefix: int = 0) -> None:
+        self.cache, self.row, self.keep, self.prefix = cache, row, keep, prefix
+
+    def __call__(self, k: Tensor, v: Tensor, groups: int) -> None:
+        N, H, L, Dh = k.shape
+        k = k.view(N // groups, groups, H, L, Dh)
+        v = v.view(N // groups, groups, H, L, Dh)
+        self.cache.length = 0
+        if self.prefix and self.row >= 1:
+            before = slice(L - self.prefix, L)
+            self.cache.append(k[:, self.row - 1, :, before], v[:, self.row - 1, :, before])
+        self.cache.append(k[:, self.row, :, : self.keep], v[:, self.row, :, : self.keep])
+
+
+def _causal_mask_with_offset(queries: int, keys: int, device) -> Tensor:
+    """Boolean mask (L, S): query i sits at key position S - L + i and sees keys up to it."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention through `scaled_dot_product_attention`.
+
+    With `cross_patch = r > 0`, rows are consecutive patches of `groups` per sequence, and every
+    position also attends to the last r positions of the previous patch of its sequence (the
+    paper's cross-patch attention); the first patch of a sequence has no previous patch.
+    """
+
+    def __init__(self, dim: int, heads: int, *, dropout: float = 0.0, cross_patch: int = 0) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.cross_patch = cross_patch
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None) -> Tensor:
+        N, L, D = x.shape
+        q, k, v = self.qkv(x).view(N, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, H, L, Dh)
+        if isinstance(cache, KVCache):
+            y = self._cached(q, k, v, cache)
+        else:
+            if cache is not None:
+                cache(k, v, groups)
+            y = self._full(q, k, v, groups)
+        y = y.transpose(1, 2).reshape(N, L, D)  # (N, L, D)
+        return self.out(y)
+
+    def _full(self, q: Tensor, k: Tensor, v: Tensor, groups: int) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        r = min(self.cross_patch, q.shape[2])
+        if r == 0:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        N, H, L, Dh = k.shape
+        B = N // groups
+        # Tail of the previous patch of the same sequence, zeros for the first patch (masked out).
+        tail_k = k.view(B, groups, H, L, Dh)[:, :, :, L - r :]  # (B, G, H, r, Dh)
+        tail_v = v.view(B, groups, H, L, Dh)[:, :, :, L - r :]
+        prev_k = F.pad(tail_k, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(N, H, r, Dh)
+        prev_v = F.pad(tail_v, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(N, H, r, Dh)
+        keys = torch.cat([prev_k, k], dim=2)  # (N, H, r + L, Dh)
+        values = torch.cat([prev_v, v], dim=2)
+        has_prev = torch.arange(groups, device=q.device) > 0  # (G,)
+        prev_mask = has_prev.view(1, groups, 1, 1, 1).expand(B, groups, 1, L, r)
+        own_mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril().expand(B, groups, 1, L, L)
+        mask = torch.cat([prev_mask, own_mask], dim=-1).reshape(N, 1, L, r + L)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+
+    def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache) -> Tensor:
+        keys, values = cache.append(k, v)  # (N, H, S, Dh): every position so far
+        L, S = q.shape[2], keys.shape[2]
+        mask = None if L == 1 else _causal_mask_with_offset(L, S, q.device)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(
+        self, dim: int, heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0, cross_patch: int = 0
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, bias=False)
+        self.attn = Attention(dim, heads, dropout=dropout, cross_patch=cross_patch)
+        self.norm2 = nn.LayerNorm(dim, bias=False)
+        self.mlp = MLP(dim, mlp_ratio * dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), groups=groups, cache=cache))
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerStack(nn.Module):
+    """`depth` blocks and a final norm. `gradient_checkpointing` trades compute for memory."""
+
+    def __init__(
+        self, dim: int, depth: int, heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0,
+        cross_patch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio=mlp_ratio, dropout=dropout, cross_patch=cross_patch)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, *, groups: int = 1, caches: list | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, groups=groups, cache=cache, use_reentrant=False)
+            else:
+                x = block(x, groups=groups, cache=cache)
+        return self.norm(x)
+
+    def new_caches(self, rows: int, capacity: int, *, device, dtype) -> list[KVCache]:
+        head_dim = self.dim // self.heads
+        return [
+            KVCache(rows, self.heads, capacity, head_dim, device=device, dtype=dtype)
+            for _ in self.blocks
+        ]
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-2 style: normal(0, std), residual output projections scaled by 1/sqrt(2 * depth)."""
+        out_std = std / math.sqrt(2 * max(1, len(self.blocks)))
+        for block in self.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=std)
+            nn.init.normal_(block.attn.out.weight, std=out_std)
+            nn.init.normal_(block.mlp.up.weight, std=std)
+            nn.init.normal_(block.mlp.down.weight, std=out_std)
+            nn.init.ones_(block.norm1.weight)
+            nn.init.ones_(block.norm2.weight)
+        nn.init.ones_(self.norm.weight)
