@@ -120,11 +120,28 @@ def load_weights(model, path) -> None:
         raise MegabyteError(f"{path}: weights do not match the config ({'; '.join(parts)})")
 
 
+LATEST = "latest"  # in a training run directory: the relative path of the newest complete checkpoint
+
+
+def resolve_checkpoint(path) -> Path:
+    """A model directory (config.json + model.safetensors), or a run directory whose `latest`
+    file names its newest complete checkpoint, e.g. `checkpoints/step-00001000`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MegabyteError(f"{path}: no such model directory")
+    pointer = path / LATEST
+    if not (path / CONFIG).exists() and pointer.is_file():
+        target = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        resolved = (path / target).resolve()
+        if not target or path.resolve() not in resolved.parents or not resolved.is_dir():
+            raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r})")
+        return resolved
+    return path
+
+
 def load(directory, *, device: str | torch.device = "cpu"):
-    """Rebuild a model saved by `save_pretrained` from its directory alone."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MegabyteError(f"{directory}: no such model directory")
+    """Rebuild a model saved by `save_pretrained` from its directory alone (or a run's latest checkpoint)."""
+    directory = resolve_checkpoint(directory)
     config = read_config(directory)
     model = build_model(config)
     load_weights(model, directory / WEIGHTS)
