@@ -1,0 +1,385 @@
+"""Byte codecs for images and audio: the exact layouts MEGABYTE models (paper section 4).
+
+Every modality becomes a flat sequence of bytes 0..255, and every encoder here has an exact
+inverse, so sampled bytes turn back into a PNG or a WAV.
+
+Images (one image = one sequence of ``size * size * channels`` bytes):
+
+* ``channels=3`` stores R, G, B per pixel; ``channels=1`` stores one grey byte per pixel.
+* ``order="raster"`` is plain row-major ``(H, W, C)`` bytes.
+* ``order="patch"`` (the paper's default, "patch scan") cuts the image into ``p x p`` pixel
+  blocks (``p = patch_pixels``), visits the blocks in raster order, and inside a block visits
+  its pixels in raster order, channels interleaved per pixel. One block is then
+  ``P = channels * p * p`` consecutive bytes, so a MEGABYTE patch of size P is one block.
+
+  Worked example, a 4x4 grey image with pixel values ``v[row][col] = 10*row + col`` and p=2::
+
+      raster: 0 1 2 3  10 11 12 13  20 21 22 23  30 31 32 33
+      patch:  0 1 10 11  2 3 12 13  20 21 30 31  22 23 32 33
+
+Audio: 16-bit signed little-endian PCM, mono, at ``sample_rate`` (16 kHz in the paper), the raw
+sample bytes with no header and no mu-law. Decoding uses soundfile (libsndfile: WAV, FLAC,
+OGG/Vorbis, AIFF, MP3 and more); resampling is band-limited polyphase filtering
+(``scipy.signal.resample_poly``); several channels are averaged to mono.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import warnings
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megabyte.errors import MegabyteError
+
+IMAGE_ORDERS = ("patch", "raster")
+IMAGE_CHANNELS = (1, 3)
+#: Largest image (in pixels) we agree to decode: 100 megapixels, 300 MB as RGB bytes.
+#: Larger declared sizes are refused before decoding (decompression-bomb guard).
+MAX_IMAGE_PIXELS = 100_000_000
+#: Bytes per audio sample: 16-bit signed PCM.
+SAMPLE_WIDTH = 2
+
+_PIL_MODE = {1: "L", 3: "RGB"}
+
+
+# ----------------------------------------------------------------------------------------
+# Images
+
+
+def check_image_params(size: int, order: str, patch_pixels: int, channels: int) -> None:
+    """Reject an impossible image layout with a MegabyteError that says why."""
+    if size < 1:
+        raise MegabyteError(f"image size must be at least 1, got {size}")
+    if order not in IMAGE_ORDERS:
+        raise MegabyteError(f"image order must be one of {IMAGE_ORDERS}, got {order!r}")
+    if channels not in IMAGE_CHANNELS:
+        raise MegabyteError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if order == "patch":
+        if patch_pixels < 1 or size % patch_pixels:
+            raise MegabyteError(
+                f"--patch-pixels {patch_pixels} must divide the image size {size} for patch-scan order"
+            )
+
+
+def image_item_len(size: int, channels: int = 3) -> int:
+    """Bytes per encoded image: ``size * size * channels``."""
+    return size * size * channels
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """Open and fully decode an image file with Pillow, refusing bombs and broken files.
+
+    Returns a loaded ``PIL.Image.Image``. Any failure (unknown format, truncated or corrupt
+    data, zero or huge declared size) is a MegabyteError naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit and raises above twice that: make both errors.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_image_size(image.size, path)
+                image.load()
+                return image.copy()
+    except MegabyteError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise MegabyteError(_unidentified_message(path)) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MegabyteError(f"{path}: declared image size is too large to decode safely ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
+        raise MegabyteError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def _unidentified_message(path: Path) -> str:
+    """Why Pillow could not identify a file, as far as we can tell (it does not say)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        head = b""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        if width == 0 or height == 0:
+            return f"{path}: zero-sized image ({width}x{height})"
+        return f"{path}: corrupt PNG image (Pillow cannot read its header)"
+    return f"{path}: not an image in any format Pillow can read (unsupported format or corrupt file)"
+
+
+def _check_image_size(size: tuple[int, int], name: object) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise MegabyteError(f"{name}: zero-sized image ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise MegabyteError(
+            f"{name}: declared image size {width}x{height} exceeds the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels (possible decompression bomb)"
+        )
+
+
+def to_pil(image: Any, channels: int = 3) -> Any:
+    """Turn a PIL image, an image path, or a uint8 array (HxW or HxWxC) into a PIL image in
+    mode ``"RGB"`` (channels=3) or ``"L"`` (channels=1).
+
+    Grey becomes RGB by repeating the value; RGB becomes grey with Pillow's ITU-R 601-2 luma.
+    An alpha channel is dropped; 16-bit and float greyscale are scaled to 8 bits.
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, a path or a uint8 array, got {type(image).__name__}")
+    _check_image_size(image.size, "image")
+    image = _to_8bit(image)
+    target = _PIL_MODE[channels]
+    if image.mode == target:
+        return image
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
+        image = image.convert("RGB")
+    return image.convert(target)
+
+
+def _array_to_pil(array: np.ndarray) -> Any:
+    from PIL import Image
+
+    if array.dtype != np.uint8:
+        raise MegabyteError(f"image arrays must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array), mode="L")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(array), mode="RGB" if array.shape[2] == 3 else "RGBA")
+    raise MegabyteError(f"an image array must be HxW or HxWxC with C in 1, 3, 4; got shape {array.shape}")
+
+
+def _to_8bit(image: Any) -> Any:
+    """Scale 16-bit integer and float greyscale images to 8 bits (Pillow would clip them)."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) > 255:
+            values = values / 257.0
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) <= 1.0:
+            values = values * 255.0
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def image_to_bytes(
+    image: Any, size: int, order: str = "patch", patch_pixels: int = 2, channels: int = 3
+) -> bytes:
+    """Encode one image as ``size * size * channels`` bytes in patch-scan or raster order.
+
+    ``image`` is a PIL image, a path, or a uint8 array HxW / HxWxC. It is resized to
+    ``size x size`` (Lanczos, aspect ratio not kept: crop first if that matters) unless it
+    already has that size, so an image decoded by :func:`bytes_to_image` re-encodes to the
+    very same bytes.
+    """
+    from PIL import Image
+
+    check_image_params(size, order, patch_pixels, channels)
+    pil = to_pil(image, channels)
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.Resampling.LANCZOS)
+    pixels = np.asarray(pil, dtype=np.uint8).reshape(size, size, channels)  # (H, W, C)
+    if order == "patch":
+        pixels = _raster_to_patch(pixels, patch_pixels)
+    return pixels.tobytes()
+
+
+def bytes_to_image(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    size: int,
+    order: str = "patch",
+    patch_pixels: int = 2,
+    channels: int = 3,
+) -> Any:
+    """Decode ``size * size * channels`` bytes (see :func:`image_to_bytes`) into a PIL image.
+
+    Returns mode ``"RGB"`` for 3 channels and ``"L"`` for 1.
+    """
+    from PIL import Image
+
+    check_image_params(size, order, patch_pixels, channels)
+    flat = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    flat = np.asarray(flat, dtype=np.uint8).reshape(-1)
+    expected = image_item_len(size, channels)
+    if flat.size != expected:
+        raise MegabyteError(
+            f"a {size}x{size}x{channels} image needs exactly {expected} bytes, got {flat.size}"
+        )
+    if order == "patch":
+        pixels = _patch_to_raster(flat, size, patch_pixels, channels)
+    else:
+        pixels = flat.reshape(size, size, channels)
+    if channels == 1:
+        return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]), mode="L")
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+
+
+def _raster_to_patch(pixels: np.ndarray, p: int) -> np.ndarray:
+    """(H, W, C) pixels -> flat patch-scan bytes."""
+    h, w, c = pixels.shape
+    blocks = pixels.reshape(h // p, p, w // p, p, c)  # (rows of blocks, row in block, cols of blocks, col, C)
+    return blocks.transpose(0, 2, 1, 3, 4).reshape(-1)  # block-major, then pixel raster, then C
+
+
+def _patch_to_raster(flat: np.ndarray, size: int, p: int, c: int) -> np.ndarray:
+    """Flat patch-scan bytes -> (H, W, C) pixels; the inverse of :func:`_raster_to_patch`."""
+    blocks = flat.reshape(size // p, size // p, p, p, c)  # (block row, block col, row, col, C)
+    return blocks.transpose(0, 2, 1, 3, 4).reshape(size, size, c)
+
+
+# ----------------------------------------------------------------------------------------
+# Audio
+
+
+def audio_to_bytes(path_or_array: Any, sample_rate: int = 16000) -> bytes:
+    """Encode audio as mono 16-bit signed little-endian PCM bytes at ``sample_rate``.
+
+    A path is decoded with soundfile (any format libsndfile reads), averaged to mono and
+    resampled with a polyphase band-limited filter when its rate differs. A numpy array is
+    taken to be sampled at ``sample_rate`` already: shape ``(n,)`` or ``(n, channels)``,
+    either int16 samples or floats in [-1, 1] (clipped). A mono 16-bit file at the target
+    rate passes through bit-exactly, so ``bytes -> WAV -> bytes`` is the identity.
+    """
+    if sample_rate < 1:
+        raise MegabyteError(f"sample rate must be positive, got {sample_rate}")
+    if isinstance(path_or_array, np.ndarray):
+        samples, rate = _array_samples(path_or_array), sample_rate
+    else:
+        samples, rate = read_audio(path_or_array)
+    return samples_to_pcm16(samples, rate, sample_rate)
+
+
+def samples_to_pcm16(samples: np.ndarray, rate: int, sample_rate: int = 16000) -> bytes:
+    """Float samples ``(n, channels)`` at ``rate`` -> mono 16-bit LE PCM bytes at ``sample_rate``."""
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]  # (n,)
+    if rate != sample_rate:
+        mono = resample(mono, rate, sample_rate)
+    return float_to_pcm16(mono).tobytes()
+
+
+def _array_samples(array: np.ndarray) -> np.ndarray:
+    """An int16 or float array (n,) or (n, ch) -> float64 (n, ch) in [-1, 1]."""
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise MegabyteError(f"audio arrays must be (samples,) or (samples, channels); got {array.shape}")
+    if array.dtype == np.int16:
+        return array.astype(np.float64) / 32768.0
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float64)
+    raise MegabyteError(f"audio arrays must be int16 or float, got {array.dtype}")
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Decode an audio file to float64 samples ``(n, channels)`` in [-1, 1] and its rate.
+
+    Truncated WAV files (a data chunk shorter than its header says), unreadable formats and
+    files with no samples are MegabyteErrors naming the file.
+    """
+    import soundfile
+
+    path = Path(path)
+    _check_wav_complete(path)
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise MegabyteError(f"{path}: not a readable audio file ({exc})") from exc
+    if samples.shape[0] == 0:
+        raise MegabyteError(f"{path}: contains no audio samples")
+    return samples, int(rate)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk is cut short (libsndfile reads it silently)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(12)
+            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+                return
+            file_size = os.fstat(f.fileno()).st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    raise MegabyteError(f"{path}: truncated WAV file (no complete data chunk)")
+                name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"data":
+                    # 0 and 0xFFFFFFFF mean "unknown length" (streamed WAV): accept them.
+                    if length not in (0, 0xFFFFFFFF) and f.tell() + length > file_size:
+                        raise MegabyteError(
+                            f"{path}: truncated WAV file (data chunk declares {length} bytes, "
+                            f"{file_size - f.tell()} present)"
+                        )
+                    return
+                f.seek(length + (length & 1), os.SEEK_CUR)
+    except OSError as exc:
+        raise MegabyteError(f"{path}: cannot read ({exc})") from exc
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited polyphase resampling of a 1-D float signal (scipy's Kaiser-windowed FIR)."""
+    from scipy.signal import resample_poly
+
+    if from_rate == to_rate:
+        return samples
+    g = gcd(from_rate, to_rate)
+    return resample_poly(samples, to_rate // g, from_rate // g)
+
+
+def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Floats in [-1, 1] -> little-endian int16 (scale 32768, rounded, clipped).
+
+    The scale matches libsndfile's int16 -> float conversion, so 16-bit input is exact.
+    """
+    scaled = np.clip(np.rint(samples * 32768.0), -32768, 32767)
+    return scaled.astype("<i2")
+
+
+def bytes_to_wav(data: bytes | bytearray | memoryview | np.ndarray, path: str | os.PathLike[str],
+                 sample_rate: int = 16000) -> None:
+    """Write 16-bit little-endian mono PCM bytes as a WAV file, atomically.
+
+    The file is written beside ``path`` under a temporary name and renamed into place, so a
+    reader never sees half a file. An odd trailing byte (half a sample) is an error.
+    """
+    import wave
+
+    raw = bytes(data) if not isinstance(data, np.ndarray) else np.asarray(data, dtype=np.uint8).tobytes()
+    if len(raw) % SAMPLE_WIDTH:
+        raise MegabyteError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with wave.open(f, "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(SAMPLE_WIDTH)
+                w.setframerate(sample_rate)
+                w.writeframes(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
