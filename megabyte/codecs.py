@@ -26,8 +26,8 @@ OGG/Vorbis, AIFF, MP3 and more); resampling is band-limited polyphase filtering
 from __future__ import annotations
 
 import os
+import secrets
 import struct
-import tempfile
 import warnings
 from math import gcd
 from pathlib import Path
@@ -207,7 +207,7 @@ def image_to_bytes(
 
 
 def bytes_to_image(
-    data: bytes | bytearray | memoryview | np.ndarray,
+    data: Any,
     size: int,
     order: str = "patch",
     patch_pixels: int = 2,
@@ -215,13 +215,13 @@ def bytes_to_image(
 ) -> Any:
     """Decode ``size * size * channels`` bytes (see :func:`image_to_bytes`) into a PIL image.
 
+    ``data`` is bytes-like or an array of values 0..255 (e.g. a sampled LongTensor).
     Returns mode ``"RGB"`` for 3 channels and ``"L"`` for 1.
     """
     from PIL import Image
 
     check_image_params(size, order, patch_pixels, channels)
-    flat = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    flat = np.asarray(flat, dtype=np.uint8).reshape(-1)
+    flat = as_byte_array(data)
     expected = image_item_len(size, channels)
     if flat.size != expected:
         raise MegabyteError(
@@ -234,6 +234,18 @@ def bytes_to_image(
     if channels == 1:
         return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]), mode="L")
     return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+
+
+def as_byte_array(data: Any) -> np.ndarray:
+    """Bytes-like data, or any array of integers 0..255 (a list, a tensor), as flat uint8."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    values = np.asarray(data).reshape(-1)
+    if values.dtype != np.uint8:
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise MegabyteError("byte values must lie in 0..255")
+        values = values.astype(np.uint8)
+    return values
 
 
 def _raster_to_patch(pixels: np.ndarray, p: int) -> np.ndarray:
@@ -356,22 +368,22 @@ def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     return scaled.astype("<i2")
 
 
-def bytes_to_wav(data: bytes | bytearray | memoryview | np.ndarray, path: str | os.PathLike[str],
-                 sample_rate: int = 16000) -> None:
+def bytes_to_wav(data: Any, path: str | os.PathLike[str], sample_rate: int = 16000) -> None:
     """Write 16-bit little-endian mono PCM bytes as a WAV file, atomically.
 
-    The file is written beside ``path`` under a temporary name and renamed into place, so a
-    reader never sees half a file. An odd trailing byte (half a sample) is an error.
+    ``data`` is bytes-like or an array of values 0..255. The file is written beside ``path``
+    under a temporary name and renamed into place, so a reader never sees half a file.
+    An odd number of bytes (half a sample at the end) is an error.
     """
     import wave
 
-    raw = bytes(data) if not isinstance(data, np.ndarray) else np.asarray(data, dtype=np.uint8).tobytes()
+    raw = as_byte_array(data).tobytes()
     if len(raw) % SAMPLE_WIDTH:
         raise MegabyteError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # not mkstemp: its 0600 mode would stick to the WAV
             with wave.open(f, "wb") as w:
                 w.setnchannels(1)
                 w.setsampwidth(SAMPLE_WIDTH)

@@ -142,3 +142,15 @@ def test_truncated_and_corrupt_audio_name_the_file(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not audio at all" * 10)
     with pytest.raises(MegabyteError, match=r"junk\.wav: not a readable audio file"):
         audio_to_bytes(junk)
+
+
+def test_decoders_accept_sampled_tensors(tmp_path: Path, rng) -> None:
+    import torch
+
+    data = rng.integers(0, 256, 4 * 4 * 3, dtype=np.uint8)
+    image = bytes_to_image(torch.from_numpy(data).long(), 4)
+    assert image_to_bytes(image, 4) == data.tobytes()
+    bytes_to_wav(torch.tensor([1, 2, 3, 4]), tmp_path / "t.wav")
+    assert audio_to_bytes(tmp_path / "t.wav") == bytes([1, 2, 3, 4])
+    with pytest.raises(MegabyteError, match="0..255"):
+        bytes_to_image(torch.full((48,), 256), 4)
