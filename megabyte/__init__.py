@@ -28,3 +28,7 @@ __all__ = [
     "__version__", "MegabyteError", "ByteModel", "ConfigError", "LossResult", "Megabyte", "MegabyteConfig",
     "PerceiverAR", "PerceiverARConfig", "Transformer", "TransformerConfig", "build_model", "byte_loss", "load",
 ]
+
+from megabyte.generation import generate, stream  # noqa: E402
+
+__all__ += ["generate", "stream"]
