@@ -40,7 +40,8 @@ from megabyte.errors import MegabyteError
 IMAGE_ORDERS = ("patch", "raster")
 IMAGE_CHANNELS = (1, 3)
 #: Largest image (in pixels) we agree to decode: 100 megapixels, 300 MB as RGB bytes.
-#: Larger declared sizes are refused before decoding (decompression-bomb guard).
+#: Larger declared sizes are refused before decoding (decompression-bomb guard). Image files
+#: are also held to Pillow's own, slightly lower limit (about 89 megapixels), as an error.
 MAX_IMAGE_PIXELS = 100_000_000
 #: Bytes per audio sample: 16-bit signed PCM.
 SAMPLE_WIDTH = 2

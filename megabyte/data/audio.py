@@ -37,7 +37,7 @@ def prepare_audio(
     check_val_fraction(val_fraction)
     if sample_rate < 1:
         raise MegabyteError(f"--sample-rate must be positive, got {sample_rate}")
-    files = collect_files(sources, accept=lambda p: p.suffix.lower() in AUDIO_SUFFIXES)
+    files = collect_files(sources, accept=lambda p: p.suffix.lower() in AUDIO_SUFFIXES, exclude=out)
     recipe = {
         "modality": "audio",
         "inputs": [str(Path(s).absolute()) for s in sources],

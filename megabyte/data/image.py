@@ -17,7 +17,7 @@ Each image is cut to a centred square, then resized to ``size x size`` (Lanczos)
 log-uniformly between ``size`` and its short side, at a uniform position, then resized;
 crops are seeded by (seed, file index, image index), so a run is reproducible.
 For the split, a Pillow file with all its crops is one group; each image of an array file is
-its own group.
+its own group. Of an animated or multi-page file only the first frame is used.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def prepare_image(
     check_val_fraction(val_fraction)
     if crops < 0:
         raise MegabyteError(f"--crops must be 0 or more, got {crops}")
-    files = collect_files(sources, accept=_looks_like_image_input)
+    files = collect_files(sources, accept=_looks_like_image_input, exclude=out)
     params = {"size": size, "order": order, "patch_pixels": patch_pixels, "channels": channels}
     recipe = {
         "modality": "image",
@@ -107,7 +107,8 @@ def _looks_like_image_input(path: Path) -> bool:
         return True
     if _IDX_IMAGE_NAME.search(name):
         return True
-    return path.suffix.lower() in Image.registered_extensions()
+    Image.init()
+    return Image.registered_extensions().get(path.suffix.lower()) in Image.OPEN  # readable, not save-only
 
 
 # ----------------------------------------------------------------------------------------

@@ -25,13 +25,16 @@ def collect_files(
     sources: Sequence[str | os.PathLike[str]],
     accept: Callable[[Path], bool] | None = None,
     include: Sequence[str] = (),
+    exclude: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
     """Expand files and directories into a deterministic, de-duplicated list of files.
 
     ``accept`` filters files found inside directories (e.g. by extension); ``include`` is a
     list of shell patterns (``*.py``) that such files' names must match, when given.
+    Files under ``exclude`` (the output directory, when it lies inside a source) are left out.
     A missing path is a MegabyteError naming it.
     """
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: list[Path] = []
     seen: set[Path] = set()
     for source in sources:
@@ -44,6 +47,8 @@ def collect_files(
             candidates = [path]
         for f in candidates:
             key = f.resolve()
+            if skip is not None and key.is_relative_to(skip):
+                continue
             if key not in seen:
                 seen.add(key)
                 found.append(f)

@@ -28,7 +28,7 @@ def prepare_text(
     single file gives the last ``val_fraction`` of its bytes to validation instead.
     """
     check_val_fraction(val_fraction)
-    files = collect_files(sources, include=include)
+    files = collect_files(sources, include=include, exclude=out)
     recipe = {
         "modality": "text",
         "inputs": [str(Path(s).absolute()) for s in sources],

@@ -336,3 +336,12 @@ def test_bad_audio_files(tmp_path: Path, rng) -> None:
         assert _nothing_left(tmp_path)
     meta = prepare_audio([tmp_path], tmp_path / "out", val_fraction=0, skip_bad=True)
     assert len(meta["skipped"]) == 4 and meta["bytes"]["train"] == 800
+
+
+def test_output_inside_a_source_directory_is_not_read_back(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "b.txt").write_text("beta\n")
+    first = prepare_text([tmp_path], tmp_path / "ds", val_fraction=0.5)
+    again = prepare_text([tmp_path], tmp_path / "ds", val_fraction=0.5)  # same recipe: rebuilt
+    assert again["bytes"] == first["bytes"] and sum(first["bytes"].values()) == 11
+    assert len(again["files"]) == 2
