@@ -36,7 +36,8 @@ def _common(p: argparse.ArgumentParser, skip_bad: bool) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC", help="input files and directories (recursive)")
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
     p.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
-                   help="share held out for validation, by whole file or image (default 0.05)")
+                   help="share of bytes held out for validation, as whole files or images; "
+                        "at least one when there are two or more (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of --crops (default 0)")
     if skip_bad:
         p.add_argument("--skip-bad", action="store_true",

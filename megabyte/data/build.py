@@ -8,7 +8,8 @@ put per-file facts (image count, source sample rate) into ``info``.
 Every group is first appended to a staging file, so the split is chosen only among files that
 decoded cleanly (``--skip-bad`` may drop some). Then:
 
-* two or more non-empty groups: whole groups go to val (:func:`choose_val_groups`, seeded);
+* two or more non-empty groups: whole groups go to val, about ``val_fraction`` of the bytes
+  and at least one group (:func:`choose_val_groups`, seeded);
 * a single group (one text file, one audio file, one photo's crops): its tail becomes val
   (:func:`tail_split`), cut on a multiple of ``align`` (2 for audio samples, one image for
   images) so no sample or image is split.
@@ -131,7 +132,7 @@ def _assign(groups: list[Segment], val_fraction: float, seed: int, align: int) -
         cut = tail_split(g.length, val_fraction, align)
         parts = [Segment(g.file, g.start, cut, "train"), Segment(g.file, g.start + cut, g.length - cut, "val")]
         return [p for p in parts if p.length > 0], "tail"
-    val = choose_val_groups(len(nonempty), val_fraction, seed)
+    val = choose_val_groups([g.length for g in nonempty], val_fraction, seed)
     segments = [Segment(g.file, g.start, g.length, "val" if i in val else "train") for i, g in enumerate(nonempty)]
     return segments, "whole"
 

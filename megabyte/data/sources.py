@@ -73,18 +73,28 @@ def check_val_fraction(val_fraction: float) -> None:
         raise MegabyteError(f"--val-fraction must be in [0, 1), got {val_fraction}")
 
 
-def choose_val_groups(n_groups: int, val_fraction: float, seed: int) -> set[int]:
-    """Pick which of ``n_groups`` whole groups (files, images) go to validation.
+def choose_val_groups(sizes: Sequence[int], val_fraction: float, seed: int) -> set[int]:
+    """Pick which whole groups (files, images), of the given byte sizes, go to validation.
 
-    ``round(val_fraction * n_groups)`` groups, at least one when ``val_fraction > 0`` and
-    there are two or more groups, never all of them; chosen by a permutation seeded with
-    ``seed``, so the same seed always gives the same split.
+    Groups are visited in an order drawn from ``seed``; each joins validation if the
+    validation bytes then stay within ``val_fraction`` of all bytes. If none fits, the smallest
+    group does (ties broken by the same order), so there is always one validation group when
+    ``val_fraction > 0`` and there are two or more groups, and never all of them. The same
+    seed gives the same split.
     """
-    if val_fraction <= 0 or n_groups < 2:
+    if val_fraction <= 0 or len(sizes) < 2:
         return set()
-    n_val = min(max(1, round(val_fraction * n_groups)), n_groups - 1)
-    order = np.random.default_rng(seed).permutation(n_groups)
-    return {int(i) for i in order[:n_val]}
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(sizes))]
+    budget = val_fraction * sum(sizes)
+    chosen: set[int] = set()
+    taken = 0
+    for i in order:
+        if taken + sizes[i] <= budget:
+            chosen.add(i)
+            taken += sizes[i]
+    if not chosen:
+        chosen.add(min(order, key=lambda i: sizes[i]))  # min keeps the first of equal sizes
+    return chosen
 
 
 def tail_split(n_bytes: int, val_fraction: float, align: int = 1) -> int:

@@ -42,8 +42,7 @@ def test_text_split_is_by_whole_file_and_complete(tmp_path: Path) -> None:
     sources = _json_sources()
     assert len(meta["files"]) == len(sources)
     assert sum(len(p.read_bytes()) for p in sources) == len(train) + len(val)
-    in_val = [f for f in meta["files"] if f["val_bytes"]]
-    assert len(in_val) == round(0.4 * len(sources))
+    assert 0 < len(val) <= 0.4 * (len(train) + len(val))  # val-fraction counts bytes
     for entry in meta["files"]:
         content = Path(entry["path"]).read_bytes()
         split, data = ("val", val) if entry["val_bytes"] else ("train", train)
@@ -345,3 +344,15 @@ def test_output_inside_a_source_directory_is_not_read_back(tmp_path: Path) -> No
     again = prepare_text([tmp_path], tmp_path / "ds", val_fraction=0.5)  # same recipe: rebuilt
     assert again["bytes"] == first["bytes"] and sum(first["bytes"].values()) == 11
     assert len(again["files"]) == 2
+
+
+def test_val_groups_follow_the_byte_budget() -> None:
+    from megabyte.data.sources import choose_val_groups
+
+    assert choose_val_groups([100, 3000], 0.05, seed=0) == {0}  # none fits: the smallest file
+    sizes = [10] * 100
+    for seed in range(5):
+        assert len(choose_val_groups(sizes, 0.05, seed)) == 5
+    assert len({frozenset(choose_val_groups(sizes, 0.05, s)) for s in range(5)}) == 5
+    assert choose_val_groups([5, 5], 0.99, seed=1) != {0, 1}  # never everything
+    assert choose_val_groups([5, 5], 0.0, seed=1) == set() == choose_val_groups([5], 0.5, seed=1)
