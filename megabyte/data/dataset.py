@@ -12,7 +12,9 @@ bytes, the global batch does not depend on how it is spread over ranks, and the 
 two integers (epoch, position), identical on every rank.
 
 Image datasets (``item_len`` set) use windows of whole images: ``seq_len`` must be a multiple of
-``item_len``, and windows and offsets start on image boundaries.
+``item_len``, and windows and offsets start on image boundaries. Audio datasets pass
+``align=2`` so that windows start on whole 16-bit samples (the low byte first);
+:meth:`BatchSampler.for_split` sets both from a dataset's meta.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class ByteDataset:
     def modality(self) -> str:
         """"text", "image" or "audio"."""
         return str(self.meta["modality"])
+
+    @property
+    def align(self) -> int:
+        """Window starts must be multiples of this: the image size, the audio sample width, or 1."""
+        if self.item_len:
+            return self.item_len
+        return int(self.meta.get("sample_width", 2)) if self.modality == "audio" else 1
 
     @property
     def item_len(self) -> int | None:
@@ -96,8 +105,9 @@ class BatchSampler:
         rank: int = 0,
         world_size: int = 1,
         item_len: int | None = None,
+        align: int = 1,
     ) -> None:
-        _check_sampler_args(len(data), seq_len, batch_size, rank, world_size, item_len)
+        _check_sampler_args(len(data), seq_len, batch_size, rank, world_size, item_len, align)
         self.data = data
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -105,10 +115,28 @@ class BatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.item_len = item_len
-        self.unit = item_len or 1  # window starts are multiples of this
+        self.align = align
+        self.unit = item_len or align  # window starts are multiples of this
         self.epoch = 0
         self.position = 0  # windows of the current epoch already consumed (by all ranks)
         self._starts: np.ndarray | None = None  # (windows,) byte offsets of the current epoch
+
+    @classmethod
+    def for_split(
+        cls,
+        dataset: ByteDataset,
+        split: str,
+        seq_len: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> BatchSampler:
+        """A sampler over ``dataset.split(split)`` with the dataset's image size and alignment."""
+        item_len = dataset.item_len
+        return cls(dataset.split(split), seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
+                   item_len=item_len, align=1 if item_len else dataset.align)
 
     def next_batch(self) -> torch.Tensor:
         """The next ``(batch_size, seq_len)`` batch of byte values for this rank."""
@@ -146,6 +174,7 @@ class BatchSampler:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "item_len": self.item_len,
+            "align": self.align,
             "data_len": len(self.data),
         }
 
@@ -156,7 +185,7 @@ class BatchSampler:
         windows of the global stream.
         """
         mine = self.state_dict()
-        for key in ("version", "seed", "seq_len", "item_len", "data_len"):
+        for key in ("version", "seed", "seq_len", "item_len", "align", "data_len"):
             if state.get(key) != mine[key]:
                 raise MegabyteError(
                     f"cannot resume the data stream: saved {key}={state.get(key)!r} but now {mine[key]!r}"
@@ -179,7 +208,7 @@ def epoch_window_starts(data_len: int, seq_len: int, unit: int, seed: int, epoch
 
 
 def _check_sampler_args(
-    data_len: int, seq_len: int, batch_size: int, rank: int, world_size: int, item_len: int | None
+    data_len: int, seq_len: int, batch_size: int, rank: int, world_size: int, item_len: int | None, align: int
 ) -> None:
     if seq_len < 1 or batch_size < 1:
         raise MegabyteError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
@@ -190,6 +219,8 @@ def _check_sampler_args(
             f"seq_len {seq_len} must be a multiple of the image size in bytes ({item_len}) "
             "so that windows hold whole images"
         )
+    if align < 1 or seq_len % align:
+        raise MegabyteError(f"seq_len {seq_len} must be a multiple of the window alignment {align}")
     if data_len < seq_len:
         raise MegabyteError(f"the data holds {data_len} bytes, fewer than one window of seq_len={seq_len}")
     if item_len is not None and data_len % item_len:

@@ -128,3 +128,22 @@ def test_load_dataset_errors(tmp_path: Path) -> None:
     (tmp_path / "ds" / "train.bin").unlink()
     with pytest.raises(MegabyteError, match="train.bin is missing"):
         load_dataset(tmp_path / "ds").split("train")
+
+
+def test_audio_windows_start_on_whole_samples(tmp_path: Path) -> None:
+    from data_helpers import write_wav
+
+    from megabyte.data.audio import prepare_audio
+
+    samples = np.arange(-3000, 3000, dtype=np.int16)
+    write_wav(tmp_path / "a.wav", samples, 16000)
+    prepare_audio([tmp_path / "a.wav"], tmp_path / "ds", val_fraction=0.1)
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.align == 2
+    sampler = BatchSampler.for_split(ds, "train", 64, 8, seed=4)
+    for _ in range(30):
+        for row in sampler.next_batch():
+            values = np.frombuffer(row.to(torch.uint8).numpy().tobytes(), "<i2")
+            assert np.all(np.diff(values) == 1)  # read as whole samples, they are consecutive
+    with pytest.raises(MegabyteError, match="multiple of the window alignment 2"):
+        BatchSampler.for_split(ds, "train", 63, 8, seed=4)
