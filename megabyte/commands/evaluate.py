@@ -1,0 +1,212 @@
+"""`megabyte eval RUN --data DIR`: bits per byte of a checkpoint over a whole dataset split.
+
+Examples::
+
+    megabyte eval runs/small --data data/text                              # basic windows, val split
+    megabyte eval runs/small --data data/text --strided --sliding-window   # the paper's best method
+    megabyte eval runs/small/checkpoints/step-00002000 --data data/text --split train --max-bytes 1000000
+    megabyte eval runs/small --data data/text --json                       # one JSON object on stdout
+    torchrun --nproc-per-node 8 -m megabyte eval runs/big --data data/text # windows split over GPUs
+
+RUN is a training run directory (its `latest` checkpoint is used) or a checkpoint directory.
+Every byte of the split is scored exactly once; the methods differ in the context each byte gets
+and in cost (see `megabyte.evaluation`). bpb = summed nats / (ln 2 * bytes scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from megabyte.errors import MegabyteError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` sub-command."""
+    p = subparsers.add_parser(
+        "eval",
+        help="bits per byte of a checkpoint over a dataset split (basic, strided, sliding window)",
+        description="Score every byte of a dataset split once and report bits per byte, the bytes "
+        "scored and the cost multiple of the inference method. --strided and --sliding-window combine.",
+    )
+    p.add_argument("run", metavar="RUN", help="training run directory (uses its latest checkpoint) or checkpoint")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory (megabyte prepare)")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="split to score (default val)")
+    p.add_argument("--strided", action="store_true",
+                   help="MEGABYTE only: a second pass offset by half a patch; each byte keeps the prediction "
+                   "from the pass where it sits in the first half of its patch (about 2x cost)")
+    p.add_argument("--sliding-window", action="store_true",
+                   help="overlapping windows; each byte is scored with at least seq_len - stride bytes of context")
+    p.add_argument("--stride", type=int, metavar="N", help="sliding-window stride (default seq_len // 2)")
+    p.add_argument("--seq-len", type=int, metavar="N", help="window length (default: the model's max_seq_len)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward pass (default 8)")
+    p.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of the split")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available, else CPU (default)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="forward precision; auto: bf16 autocast on CUDA GPUs that support it, else float32")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint and the split, evaluate (on every rank under torchrun), print on rank 0."""
+    import torch
+
+    import megabyte
+    from megabyte.evaluation import evaluate, reduce_result
+    from megabyte.model.io import resolve_checkpoint
+
+    if args.stride is not None and not args.sliding_window:
+        raise MegabyteError("--stride needs --sliding-window")
+    rank, world_size, device = _init_distributed(args.device)
+    try:
+        checkpoint = _checkpoint_dir(args.run, resolve_checkpoint)
+        model = megabyte.load(checkpoint, device=device)
+        data, item_len = _read_split(args.data, args.split)
+        seq_len = model.config.max_seq_len if args.seq_len is None else args.seq_len
+        _check_length(data, args, seq_len, item_len)
+        dtype = _autocast_dtype(args.dtype, device)
+        bar = _progress(len(data) if args.max_bytes is None else min(len(data), args.max_bytes), world_size,
+                        quiet=args.json or rank != 0)
+        started = time.perf_counter()
+        result = evaluate(
+            model, data, seq_len=seq_len, batch_size=args.batch_size, strided=args.strided,
+            sliding_window=args.sliding_window, window_stride=args.stride, max_bytes=args.max_bytes,
+            item_len=item_len, rank=rank, world_size=world_size, device=device, autocast_dtype=dtype,
+            progress=bar.update if bar else None,
+        )
+        result = reduce_result(result)
+        seconds = time.perf_counter() - started
+        if bar:
+            bar.close()
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        report = {
+            **result.to_dict(), "split": args.split, "data": str(args.data), "checkpoint": str(checkpoint),
+            "model_type": model.config.model_type, "parameters": model.num_parameters()["total"],
+            "device": str(device), "dtype": str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
+            "world_size": world_size, "seconds": round(seconds, 3),
+        }
+        print(json.dumps(report) if args.json else summary(report))
+    return 0
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The human-readable report."""
+    details = [f"seq_len {r['seq_len']:,}"]
+    if r["stride"] is not None:
+        details.append(f"stride {r['stride']:,}")
+    if r["offset"] is not None:
+        details.append(f"second pass +{r['offset']} bytes")
+    rate = r["bytes"] / r["seconds"] if r["seconds"] > 0 else float("inf")
+    return "\n".join([
+        f"checkpoint  {r['checkpoint']} ({r['model_type']}, {r['parameters']:,} parameters)",
+        f"data        {r['data']} ({r['split']} split)",
+        f"method      {r['method']} ({', '.join(details)})",
+        f"bpb         {r['bpb']:.4f}",
+        f"bytes       {r['bytes']:,} scored",
+        f"cost        {r['cost']:.2f}x ({r['forward_bytes']:,} bytes through the model, {r['windows']:,} windows)",
+        f"time        {r['seconds']:.1f} s ({rate:,.0f} bytes/s on {r['device']}, {r['dtype']}"
+        + (f", {r['world_size']} ranks)" if r["world_size"] > 1 else ")"),
+    ])
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _checkpoint_dir(run: str, resolve) -> Path:
+    path = Path(run)
+    if not path.is_dir():
+        raise MegabyteError(f"{path}: no such run or checkpoint directory")
+    if not (path / "config.json").exists() and not (path / "latest").exists():
+        raise MegabyteError(f"{path}: holds no checkpoint (neither a 'latest' file nor config.json); "
+                            "has the run saved one yet?")
+    return resolve(path)
+
+
+def _read_split(directory: str, split: str):
+    """The split's bytes (memory-mapped) and the dataset's item length (images), or None."""
+    try:
+        from megabyte.data.dataset import load_dataset
+    except ImportError:  # the data package is optional here: read the documented format directly
+        return _read_split_plain(Path(directory), split)
+    dataset = load_dataset(directory)
+    return dataset.split(split), dataset.item_len
+
+
+def _read_split_plain(directory: Path, split: str):
+    import numpy as np
+
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise MegabyteError(f"{directory} is not a prepared dataset: it has no meta.json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MegabyteError(f"{meta_path}: unreadable or corrupt ({exc})") from None
+    path = directory / f"{split}.bin"
+    if not path.is_file():
+        raise MegabyteError(f"{path} is missing: the dataset has no {split} split")
+    data = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+    return data, (int(meta["item_len"]) if meta.get("item_len") else None)
+
+
+def _check_length(data, args: argparse.Namespace, seq_len: int, item_len: int | None) -> None:
+    """The split must hold at least one whole window (one image for image data)."""
+    n = len(data) if args.max_bytes is None else min(len(data), args.max_bytes)
+    if len(data) == 0:
+        raise MegabyteError(f"the {args.split} split of {args.data} is empty: nothing to evaluate")
+    need = item_len or seq_len
+    if n < need:
+        what = f"one {need:,}-byte image" if item_len else f"one window of seq_len={seq_len:,} bytes"
+        hint = "" if item_len else "; pass a smaller --seq-len"
+        source = f"--max-bytes {args.max_bytes:,} gives" if args.max_bytes is not None and args.max_bytes < len(
+            data) else f"the {args.split} split holds"
+        raise MegabyteError(f"{source} {n:,} bytes, fewer than {what}{hint}")
+
+
+def _autocast_dtype(choice: str, device):
+    import torch
+
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # float32: the model's own precision
+
+
+def _init_distributed(choice: str):
+    """(rank, world_size, device); joins the process group when launched by torchrun."""
+    import torch
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise MegabyteError("--device cuda: no CUDA GPU is available")
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    if world_size <= 1:
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _progress(total: int, world_size: int, quiet: bool):
+    """A progress bar on stderr (this rank's share of the bytes), or None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=-(-total // world_size), unit="B", unit_scale=True, desc="eval", leave=False)
