@@ -1,0 +1,130 @@
+"""`megabyte train`: train MEGABYTE or a baseline on a prepared dataset, with exact resume.
+
+Examples::
+
+    megabyte train --data data/text --out runs/tiny --preset tiny                 # CPU smoke run, seconds
+    megabyte train --data data/text --out runs/small --max-time 10m               # small MEGABYTE on a CPU
+    megabyte train --data data/text --out runs/tf --model transformer --max-time 10m
+    megabyte train --data data/text --out runs/gpu --preset medium --device cuda train.compile=true
+    megabyte train --out runs/small --resume --max-steps 4000                     # continue a run
+    megabyte train --list-presets
+
+Settings come from the preset, then a TOML file (--config), then `model.FIELD=VALUE` /
+`train.FIELD=VALUE` overrides, then the flags. With --resume they start from the run's saved
+configuration instead, and only the budget, cadence and device may change.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from megabyte.errors import MegabyteError
+
+EPILOG = """examples:
+  megabyte train --data data/text --out runs/tiny --preset tiny            CPU smoke run (seconds)
+  megabyte train --data data/text --out runs/small --max-time 10m          small MEGABYTE, 10 minutes
+  megabyte train --data data/text --out runs/tf --model transformer        the same-size Transformer baseline
+  megabyte train --data data/text --out runs/m --preset medium --device cuda train.compile=true   one GPU
+  megabyte train --out runs/small --resume --max-steps 4000                continue a run exactly
+  megabyte train --list-presets                                            presets with parameter counts
+
+overrides: model.FIELD=VALUE and train.FIELD=VALUE, e.g. model.dims=512,256 train.batch_size=16
+  train.grad_accum=4 train.precision=fp32 train.decay_steps=4000 train.dropout=0.1
+run directory: RUN/train_config.json, RUN/metrics.jsonl, RUN/loss.png, RUN/latest,
+  RUN/checkpoints/step-NNNNNNNN/ (megabyte.load(RUN) loads the latest model)
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from megabyte.training.presets import MODEL_KINDS, PRESETS
+
+    p = subparsers.add_parser(
+        "train", help="train a model on a prepared dataset (checkpoints, metrics, exact resume)",
+        description="Train MEGABYTE, a Transformer or PerceiverAR on a dataset made by `megabyte prepare`.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE",
+                   help="config overrides, e.g. model.dims=512,256 train.batch_size=8")
+    p.add_argument("--data", metavar="DIR", help="prepared dataset directory (optional with --resume)")
+    p.add_argument("--out", metavar="RUN", help="run directory for checkpoints, metrics and the loss curve")
+    p.add_argument("--model", choices=list(MODEL_KINDS), help="model kind (default megabyte)")
+    p.add_argument("--preset", metavar="NAME", help=f"shape and settings: {', '.join(PRESETS)} (default small)")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file: preset, model_kind, [model], [train]")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps in all")
+    p.add_argument("--max-time", metavar="T", help="stop after this much time in all, e.g. 600, 10m, 1h30m")
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="validate every N steps (0: only at the end)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
+    p.add_argument("--batch-size", type=int, metavar="B", help="sequences per micro-batch")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, data order and dropout")
+    p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
+    p.add_argument("--compile", action="store_true", default=None, help="compile the model with torch.compile")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-presets", action="store_true", help="list the presets with parameter counts and exit")
+    p.set_defaults(func=run)
+
+
+_FLAGS = {"max_steps": "max_steps", "max_time": "max_time", "save_every": "save_every", "eval_every": "eval_every",
+          "lr": "lr", "batch_size": "batch_size", "seed": "seed", "device": "device", "precision": "precision",
+          "compile": "compile"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from megabyte.training import train
+    from megabyte.training.presets import describe_presets
+
+    if args.list_presets:
+        print(describe_presets())
+        return 0
+    if not args.out:
+        raise MegabyteError("--out RUN is required")
+    model_config, train_config, data_dir, preset = build_configs(args)
+    train(train_config, model_config, data_dir, args.out, resume=args.resume, preset=preset,
+          progress=not args.no_progress)
+    return 0
+
+
+def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
+    """The model config, train config, data directory and preset name the arguments describe."""
+    from megabyte.training.config import TrainConfig, parse_duration, read_toml, split_overrides
+    from megabyte.training.presets import DEFAULT_PRESET, MODEL_KINDS, get_preset
+    from megabyte.training.run import read_saved_run
+
+    file = read_toml(args.config) if args.config else {}
+    kind = args.model or file.get("model_kind")
+    preset_name = args.preset or file.get("preset")
+    if args.resume:
+        saved = read_saved_run(args.out)
+        saved_kind = saved.model_config.model_type
+        if kind and kind != saved_kind:
+            raise MegabyteError(f"cannot resume {args.out} as {kind}: it trains a {saved_kind} model")
+        if preset_name and preset_name != saved.preset:
+            raise MegabyteError(f"cannot resume {args.out} with preset {preset_name}: it was started "
+                                f"with {saved.preset or 'no preset'}")
+        kind, preset_name = saved_kind, saved.preset
+        model_fields, train_fields = saved.model_config.to_dict(), saved.train_config.to_dict()
+        data_dir = args.data or saved.data_dir
+    else:
+        if not args.data:
+            raise MegabyteError("--data DIR is required (a dataset made by `megabyte prepare`)")
+        kind = kind or "megabyte"
+        if kind not in MODEL_KINDS:
+            raise MegabyteError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+        preset_name = preset_name or DEFAULT_PRESET
+        preset = get_preset(preset_name)
+        model_fields, train_fields = preset.model_fields(kind), dict(preset.train)
+        data_dir = args.data
+    model_cls = MODEL_KINDS[kind]
+    model_fields.update(file.get("model", {}))
+    train_fields.update(file.get("train", {}))
+    model_over, train_over = split_overrides(args.overrides, model_cls)
+    model_fields.update(model_over)
+    train_fields.update(train_over)
+    for flag, field in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            train_fields[field] = parse_duration(value, "--max-time") if flag == "max_time" else value
+    return model_cls.from_dict(model_fields), TrainConfig.from_dict(train_fields), data_dir, preset_name

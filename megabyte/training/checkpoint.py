@@ -1,0 +1,294 @@
+"""Training checkpoints: a directory per save, written aside and renamed into place.
+
+    RUN/checkpoints/step-00000100/
+        model.safetensors    weights            } exactly `model.save_pretrained`, so
+        config.json          model config       } `megabyte.load(RUN)` gives the latest model
+        data_meta.json       the dataset's meta.json (modality, item length, ...)
+        trainer_state.json   step, bytes seen, elapsed time, schedule, sampler position, RNG states,
+                             train config, and the non-tensor part of the optimizer state
+        optimizer.safetensors  the optimizer's tensors (AdamW moments), keyed by parameter name
+    RUN/latest               "checkpoints/step-00000100": the newest complete checkpoint
+
+Nothing is pickled: tensors go to safetensors, everything else to JSON. A save builds the
+directory under a temporary name inside RUN/checkpoints, fsyncs it, renames it, and only then
+rewrites RUN/latest (atomically), so a run killed at any instant leaves `latest` naming a
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from megabyte.errors import MegabyteError
+from megabyte.model.io import LATEST, atomic_write_bytes
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+DATA_META = "data_meta.json"
+STATE_FORMAT = "megabyte-trainer-state"
+STATE_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MegabyteError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MegabyteError(f"{path}: unreadable or corrupt ({exc})") from None
+
+
+# ------------------------------------------------------------------------------ saving
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    optimizer_tensors: dict[str, torch.Tensor],
+    data_meta: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write checkpoint `step` atomically, point RUN/latest at it, prune old ones; returns its path."""
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp)
+        write_json(tmp / DATA_META, data_meta)
+        write_json(tmp / TRAINER_STATE, trainer_state)
+        save_file({k: v.detach().contiguous().cpu() for k, v in optimizer_tensors.items()}, str(tmp / OPTIMIZER))
+        _fsync_file(tmp / OPTIMIZER)
+        _fsync_dir(tmp)
+        _replace_dir(tmp, root / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    atomic_write_bytes(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n".encode())
+    _fsync_dir(Path(run_dir))
+    prune_checkpoints(run_dir, keep_last)
+    return root / name
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` (a save of the same step) is moved aside first."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f"{_OLD_PREFIX}{dst.name}-{secrets.token_hex(4)}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints (never the one RUN/latest names)."""
+    if keep_last <= 0:
+        return
+    latest = latest_checkpoint(run_dir)
+    for path in list_checkpoints(run_dir)[:-keep_last]:
+        if latest is None or path.resolve() != latest.resolve():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete half-written checkpoints left by a run that was killed while saving."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint RUN/latest names, or None when the run has none yet."""
+    pointer = Path(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    target = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    path = (Path(run_dir) / target).resolve()
+    if not target or Path(run_dir).resolve() not in path.parents or not path.is_dir():
+        raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r})")
+    return path
+
+
+# ------------------------------------------------------------------------------ loading
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    state = read_json(checkpoint / TRAINER_STATE)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise MegabyteError(f"{checkpoint / TRAINER_STATE}: not a megabyte trainer state")
+    if state.get("version") != STATE_VERSION:
+        raise MegabyteError(f"{checkpoint / TRAINER_STATE}: unsupported version {state.get('version')!r}")
+    return state
+
+
+def read_optimizer_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = checkpoint / OPTIMIZER
+    if not path.is_file():
+        raise MegabyteError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise MegabyteError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+# ------------------------------------------------------------------------------ optimizer state
+def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split the optimizer state into tensors keyed "PARAM_NAME/KEY" and a JSON-safe rest.
+
+    Keys are parameter names, not positions, so the state stays readable whatever the order.
+    """
+    names = _param_names(optimizer, model)
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in sd["state"].items():
+        name = names[index]
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}/{key}"] = value
+            else:
+                scalars.setdefault(name, {})[key] = value
+    groups = [{**{k: _jsonable(v) for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]}
+              for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, torch.Tensor],
+                         meta: dict, source: str) -> None:
+    """Inverse of `optimizer_state`; MegabyteError if it belongs to different parameters."""
+    names = _param_names(optimizer, model)
+    index = {name: i for i, name in enumerate(names)}
+    try:
+        saved_groups = meta["param_groups"]
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise KeyError("param_groups")
+        groups = []
+        for saved, current in zip(saved_groups, optimizer.param_groups):
+            group = {**saved, "params": [index[n] for n in saved["params"]]}
+            for key in ("fused", "foreach", "capturable", "differentiable"):  # how, not what: keep ours
+                if key in current:
+                    group[key] = current[key]
+            groups.append(group)
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            name, _, field = key.rpartition("/")
+            state.setdefault(index[name], {})[field] = value
+        for name, values in meta.get("scalars", {}).items():
+            state.setdefault(index[name], {}).update(values)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise MegabyteError(f"{source}: optimizer state does not match the model ({exc!r})") from None
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    """Name of every optimizer parameter, in the optimizer's own (state_dict) order."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+# ------------------------------------------------------------------------------ RNG states
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state (torch CPU and CUDA, Python, NumPy) as JSON-safe data."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": _b64(torch.get_rng_state()),
+        "python": _jsonable_deep(random.getstate()),
+        "numpy": {**np_state, "state": {k: np.asarray(v).tolist() for k, v in np_state["state"].items()}},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {k: np.asarray(v, dtype=np.uint32) if isinstance(v, list) else v
+                         for k, v in np_state["state"].items()}
+    np.random.set_state(np_state)
+    if "cuda" in state and torch.cuda.is_available():
+        saved = [_unb64(s) for s in state["cuda"]]
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved)
+
+
+def _jsonable_deep(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable_deep(v) for v in value]
+    return value

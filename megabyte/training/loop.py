@@ -1,0 +1,363 @@
+"""The training loop. A `Trainer` owns one run; its steps are separate methods:
+
+    train_step()   one optimizer step over `grad_accum` micro-batches
+    evaluate()     validation bits per byte (summed nats / (ln 2 * summed bytes))
+    save()         an atomic checkpoint in RUN/checkpoints/, RUN/latest updated
+    fit()          loop until the budget (max_steps / max_time) is spent, logging and saving
+
+`train(train_config, model_config, data_dir, out_dir, resume=False)` builds a Trainer from configs
+(fresh, or from RUN's latest checkpoint) and runs it; it is what `megabyte train` calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megabyte import __version__
+from megabyte.data.dataset import BatchSampler, ByteDataset, load_dataset
+from megabyte.errors import MegabyteError
+from megabyte.model import build_model, byte_loss
+from megabyte.model.base import LN2
+from megabyte.model.io import WEIGHTS, load_weights
+from megabyte.training import checkpoint as ckpt
+from megabyte.training.config import TrainConfig
+from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
+from megabyte.training.optim import build_optimizer, lr_at
+from megabyte.training.run import check_resumable, prepare_fresh_run, resolve_lengths, write_run_config
+from megabyte.training.runtime import Runtime, init_runtime
+
+
+@dataclass
+class RunState:
+    """Counters that survive a restart (weights, optimizer, sampler and RNG are saved beside them)."""
+
+    step: int = 0
+    """Optimizer steps taken."""
+    bytes_seen: int = 0
+    """Training bytes consumed (over all processes)."""
+    elapsed: float = 0.0
+    """Seconds of the run so far (training, evaluation and saving), summed over resumes."""
+    val_bpb: float | None = None
+    """The latest validation bpb, and the step it was measured at."""
+    val_step: int | None = None
+
+
+class Trainer:
+    """One training run of `model_config` on `data`, writing into `run_dir`."""
+
+    def __init__(self, cfg: TrainConfig, model_config, data: ByteDataset, run_dir: Path, runtime: Runtime, *,
+                 preset: str | None = None, progress: bool = True) -> None:
+        self.cfg, self.model_config, self.data, self.runtime = cfg, model_config, data, runtime
+        self.run_dir, self.preset, self.show_progress = Path(run_dir), preset, progress
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.model = build_model(model_config).to(runtime.device).train()
+        torch.manual_seed(cfg.seed * 7919 + runtime.rank + 1)  # dropout: a stream per process
+        if cfg.compile:
+            self.model.compile()
+        self.optimizer = build_optimizer(self.model, cfg, runtime.device)
+        self.sampler = BatchSampler(data.split("train"), cfg.seq_len, cfg.batch_size, seed=cfg.seed,
+                                    rank=runtime.rank, world_size=runtime.world_size, item_len=data.item_len)
+        self.val = data.split("val")
+        self.state = RunState()
+        self.metrics = MetricsLog(self.run_dir, enabled=runtime.is_main)
+        self.saved_step: int | None = None
+        self.resumed_from: Path | None = None
+        self.stop_requested: str | None = None  # set (e.g. by a signal handler) to stop after this step
+        self._clock_start = time.monotonic()
+        self._elapsed_at_start = 0.0
+        self._session = {"bytes": 0, "train_time": 0.0}
+        self._reset_interval()
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def bytes_per_step(self) -> int:
+        cfg = self.cfg
+        return cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.runtime.world_size
+
+    def elapsed(self) -> float:
+        return self._elapsed_at_start + time.monotonic() - self._clock_start
+
+    def _reset_interval(self) -> None:
+        self._nats = torch.zeros((), device=self.runtime.device)
+        self._interval = {"bytes": 0, "steps": 0, "train_time": 0.0}
+
+    def stop_reason(self) -> str | None:
+        cfg = self.cfg
+        if self.stop_requested:
+            return self.stop_requested
+        if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_time is not None and self.elapsed() >= cfg.max_time:
+            return "max_time"
+        return None
+
+    # ------------------------------------------------------------------ the three parts
+    def train_step(self) -> None:
+        """One optimizer step: `grad_accum` micro-batches, clipped, AdamW at the scheduled lr."""
+        cfg, runtime = self.cfg, self.runtime
+        start = time.monotonic()
+        lr = lr_at(cfg, self.state.step, self.elapsed())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        step_bytes = cfg.batch_size * cfg.grad_accum * cfg.seq_len  # predictions in this process's step
+        for _ in range(cfg.grad_accum):
+            x = self.sampler.next_batch().to(runtime.device, non_blocking=True)  # (B, T)
+            with runtime.autocast():
+                loss = byte_loss(self.model(x), x)
+            (loss.nats / step_bytes).backward()  # mean over the whole step, not per micro-batch
+            self._nats += loss.nats.detach()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.bytes_seen += self.bytes_per_step
+        self.lr = lr
+        seconds = time.monotonic() - start
+        self._interval["bytes"] += step_bytes
+        self._interval["steps"] += 1
+        self._interval["train_time"] += seconds
+        self._session["bytes"] += self.bytes_per_step
+        self._session["train_time"] += seconds
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Validation bpb over `eval_bytes` of the val split (None when the split is empty)."""
+        cfg, runtime = self.cfg, self.runtime
+        starts, length = validation_windows(len(self.val), cfg.seq_len, cfg.eval_bytes, self.data.item_len or 1)
+        if not len(starts):
+            return None
+        self.model.eval()
+        nats, count = 0.0, 0
+        mine = starts[runtime.rank :: runtime.world_size]
+        for i in range(0, len(mine), cfg.batch_size):
+            rows = np.stack([np.asarray(self.val[s : s + length]) for s in mine[i : i + cfg.batch_size]])
+            x = torch.from_numpy(rows.astype(np.int64)).to(runtime.device)  # (B, T)
+            with runtime.autocast():
+                loss = byte_loss(self.model(x), x)
+            nats += float(loss.nats)
+            count += loss.bytes
+        self.model.train()
+        nats, count = runtime.sum([nats, count])
+        bpb = nats / (LN2 * count)
+        self.state.val_bpb, self.state.val_step = bpb, self.state.step
+        return bpb
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (main process only)."""
+        path = None
+        if self.runtime.is_main:
+            tensors, optimizer_meta = ckpt.optimizer_state(self.optimizer, self.model)
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.state.step, model=self.model, trainer_state=self._trainer_state(optimizer_meta),
+                optimizer_tensors=tensors, data_meta=self.data.meta, keep_last=self.cfg.keep_last,
+            )
+        self.saved_step = self.state.step
+        return path
+
+    def _trainer_state(self, optimizer_meta: dict) -> dict[str, Any]:
+        s = self.state
+        return {
+            "format": ckpt.STATE_FORMAT,
+            "version": ckpt.STATE_VERSION,
+            "megabyte_version": __version__,
+            "step": s.step,
+            "bytes_seen": s.bytes_seen,
+            "elapsed": self.elapsed(),
+            "val_bpb": s.val_bpb,
+            "val_step": s.val_step,
+            "schedule": {"lr": lr_at(self.cfg, s.step, self.elapsed()), "decay": self.cfg.decay,
+                         "warmup": self.cfg.warmup, "decay_steps": self.cfg.decay_steps},
+            "model_kind": self.model_config.model_type,
+            "preset": self.preset,
+            "data_dir": str(self.data.directory.resolve()),
+            "train_config": self.cfg.to_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "optimizer": optimizer_meta,
+        }
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint`: weights, optimizer, data position, RNG states, counters."""
+        state = ckpt.read_trainer_state(checkpoint)
+        load_weights(self.model, checkpoint / WEIGHTS)
+        ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint),
+                                  state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
+        self.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        self.state = RunState(step=int(state["step"]), bytes_seen=int(state["bytes_seen"]),
+                              elapsed=float(state["elapsed"]), val_bpb=state.get("val_bpb"),
+                              val_step=state.get("val_step"))
+        self._elapsed_at_start = self.state.elapsed
+        self._clock_start = time.monotonic()
+        self.saved_step = self.state.step
+        self.resumed_from = checkpoint
+
+    # ------------------------------------------------------------------ logging
+    def log(self, val_bpb: float | None) -> dict[str, Any] | None:
+        """Write one metrics record: train bpb since the last record, throughput, and val bpb if given."""
+        s, iv = self.state, self._interval
+        if not iv["steps"] and val_bpb is None:
+            return None
+        record: dict[str, Any] = {"step": s.step, "bytes": s.bytes_seen}
+        if iv["steps"]:
+            nats, count = self.runtime.sum([float(self._nats), iv["bytes"]])
+            record["train_bpb"] = nats / (LN2 * count)
+            if not math.isfinite(record["train_bpb"]):
+                raise MegabyteError(
+                    f"training loss became {record['train_bpb']} at step {s.step}; stopping "
+                    f"(the last good checkpoint is {ckpt.latest_checkpoint(self.run_dir) or 'none'}). "
+                    "Try a lower train.lr or train.precision=fp32"
+                )
+            record["lr"] = self.lr
+            record["bytes_per_s"] = iv["bytes"] * self.runtime.world_size / max(iv["train_time"], 1e-9)
+            self._last_train_bpb, self._last_rate = record["train_bpb"], record["bytes_per_s"]
+        if val_bpb is not None:
+            record["val_bpb"] = val_bpb
+        record["elapsed"] = round(self.elapsed(), 3)
+        self.metrics.append(record)
+        self._reset_interval()
+        return record
+
+    def _eta(self) -> float | None:
+        cfg, rate = self.cfg, getattr(self, "_last_rate", None)
+        left = []
+        if cfg.max_steps is not None and rate:
+            left.append((cfg.max_steps - self.state.step) * self.bytes_per_step / rate)
+        if cfg.max_time is not None:
+            left.append(cfg.max_time - self.elapsed())
+        return min(left) if left else None
+
+    def _announce(self, say) -> None:
+        cfg, rt, data = self.cfg, self.runtime, self.data
+        params = sum(p.numel() for p in self.model.parameters())
+        budget = " or ".join(
+            ([f"{cfg.max_steps} steps"] if cfg.max_steps else [])
+            + ([format_duration(cfg.max_time)] if cfg.max_time else [])
+        )
+        say(f"{self.model_config.model_type}: {human(params)} parameters on {rt.device} "
+            f"({'bf16 autocast' if rt.precision == 'bf16' else 'fp32'}"
+            f"{', compiled' if cfg.compile else ''}); {data.modality} data: "
+            f"{human(len(self.sampler.data))} train / {human(len(self.val))} val bytes")
+        say(f"{cfg.batch_size} x {cfg.grad_accum} x {cfg.seq_len} bytes per step; budget {budget}; "
+            f"run directory {self.run_dir}")
+        if self.resumed_from is not None:
+            say(f"resuming from step {self.state.step} ({self.resumed_from.relative_to(self.run_dir.resolve())})")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train until the budget is spent; evaluate, log and save along the way; return a summary."""
+        cfg, s = self.cfg, self.state
+        progress = Progress(total=cfg.max_steps, initial=s.step, enabled=self.show_progress and self.runtime.is_main)
+        say = progress.write if self.runtime.is_main else (lambda message: None)
+        self._announce(say)
+        self.metrics.start(s.step if self.resumed_from is not None else None)
+        title = f"{self.run_dir.name}: {self.model_config.model_type}"
+        try:
+            while (reason := self.stop_reason()) is None:
+                self.train_step()
+                last = self.stop_reason() is not None  # so the last step gets its evaluation and save
+                due = lambda every: last or (every and s.step % every == 0)  # noqa: B023
+                val = self.evaluate() if due(cfg.eval_every) else None
+                if val is not None or due(cfg.log_every):
+                    self.log(val)
+                    self.metrics.plot(title, force=val is not None)
+                if val is not None:
+                    say(f"step {s.step}: val {val:.4f} bpb, train {self._last_train_bpb:.4f} bpb, "
+                        f"{human(self._last_rate)} bytes/s, {format_duration(self.elapsed())} elapsed")
+                if due(cfg.save_every):
+                    self.save()
+                progress.update(1, bpb=getattr(self, "_last_train_bpb", None),
+                                bytes_per_s=getattr(self, "_last_rate", 0.0), eta=self._eta())
+            # Stopped without a final step (resumed at the budget, or time ran out while evaluating).
+            self.log(self.evaluate() if s.val_step != s.step else None)
+            if self.saved_step != s.step:
+                self.save()
+        finally:
+            progress.close()
+        self.metrics.plot(title, force=True)
+        summary = self.summary(reason)
+        if s.val_bpb is not None:
+            say(f"done ({reason}) at step {s.step}: val {s.val_bpb:.4f} bpb; "
+                f"{human(summary['bytes_per_s'])} bytes/s; checkpoint {summary['checkpoint']}")
+        else:
+            say(f"done ({reason}) at step {s.step}; checkpoint {summary['checkpoint']}")
+        return summary
+
+    def summary(self, reason: str | None) -> dict[str, Any]:
+        s, session = self.state, self._session
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        return {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(latest) if latest else None,
+            "model_kind": self.model_config.model_type,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "step": s.step,
+            "bytes": s.bytes_seen,
+            "elapsed": self.elapsed(),
+            "train_bpb": getattr(self, "_last_train_bpb", None),
+            "val_bpb": s.val_bpb,
+            "bytes_per_s": session["bytes"] / session["train_time"] if session["train_time"] else 0.0,
+            "stop_reason": reason,
+            "device": str(self.runtime.device),
+            "precision": self.runtime.precision,
+        }
+
+
+def validation_windows(n: int, seq_len: int, max_bytes: int, unit: int = 1) -> tuple[np.ndarray, int]:
+    """Start offsets and length of the validation windows: evenly spaced over the split, not
+    overlapping, at multiples of `unit` (whole images), at most `max_bytes` in all (0: no limit)."""
+    length = min(seq_len, n - n % unit)
+    if length <= 0:
+        return np.zeros(0, dtype=np.int64), 0
+    count = n // length
+    if max_bytes:
+        count = min(count, max(1, max_bytes // length))
+    starts = np.linspace(0, n - length, count).astype(np.int64) // unit * unit
+    return np.unique(starts), length
+
+
+def train(
+    train_config: TrainConfig,
+    model_config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    preset: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model_config` on the prepared dataset `data_dir`, writing the run into `out_dir`.
+
+    With `resume=True`, continue from `out_dir`'s latest checkpoint: the configs must match the
+    saved ones except for the fields in `config.RESUMABLE` (budget, evaluation and saving cadence,
+    device). Returns a summary: step, bytes, val_bpb, train_bpb, bytes_per_s, checkpoint, ...
+    """
+    data = load_dataset(data_dir)
+    train_config, model_config = resolve_lengths(train_config, model_config, data)
+    out_dir = Path(out_dir)
+    checkpoint = check_resumable(out_dir, train_config, model_config, data) if resume else None
+    if not resume:
+        prepare_fresh_run(out_dir)
+    runtime = init_runtime(train_config.device, train_config.precision)
+    trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    if runtime.is_main:
+        ckpt.remove_stale_temporaries(out_dir)
+        write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
+    return trainer.fit()
+
+
+def resolved_configs(train_config: TrainConfig, model_config, data_dir) -> tuple[TrainConfig, Any]:
+    """The configs as a run on `data_dir` would use them (seq_len and dropout filled in)."""
+    return resolve_lengths(train_config, model_config, load_dataset(data_dir))
+
+

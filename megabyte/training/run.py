@@ -1,0 +1,130 @@
+"""The run directory: what a fresh run may start in, what a resumed run must match, and the
+resolved configuration saved beside the checkpoints.
+
+    RUN/train_config.json   the fully resolved configuration (model, train, data, preset, device)
+    RUN/metrics.jsonl       one JSON object per log step
+    RUN/loss.png            the loss curve, redrawn as the run goes
+    RUN/latest              "checkpoints/step-00001000": the newest complete checkpoint
+    RUN/checkpoints/step-*/ see `megabyte.training.checkpoint`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megabyte import __version__
+from megabyte.data.dataset import ByteDataset
+from megabyte.errors import MegabyteError
+from megabyte.model.io import LATEST, read_config
+from megabyte.training import checkpoint as ckpt
+from megabyte.training.config import RESUMABLE, TrainConfig
+
+TRAIN_CONFIG = "train_config.json"
+
+
+def resolve_lengths(cfg: TrainConfig, model_config, data: ByteDataset) -> tuple[TrainConfig, Any]:
+    """Fill in seq_len (model context, or one image) and dropout; check they fit model and data."""
+    dropout = cfg.dropout if cfg.dropout is not None else model_config.dropout
+    model_config = dataclasses.replace(model_config, dropout=dropout)
+    max_len, item = model_config.max_seq_len, data.item_len
+    seq_len = cfg.seq_len or item or max_len
+    if seq_len > max_len:
+        what = f"one image is {item} bytes" if item and seq_len == item else f"train.seq_len is {seq_len}"
+        raise MegabyteError(f"{what} but model.max_seq_len is {max_len}: set model.max_seq_len={seq_len} "
+                            "or a shorter train.seq_len")
+    if item and seq_len % item:
+        raise MegabyteError(f"train.seq_len {seq_len} must be a multiple of the image size ({item} bytes) "
+                            "so that every sequence holds whole images")
+    train_len = int(data.meta["bytes"]["train"])
+    if train_len < seq_len:
+        raise MegabyteError(f"the train split of {data.directory} holds {train_len} bytes, fewer than one "
+                            f"sequence of {seq_len}: use a shorter train.seq_len or more data")
+    return dataclasses.replace(cfg, seq_len=seq_len, dropout=dropout), model_config
+
+
+def prepare_fresh_run(out_dir: Path) -> None:
+    """A fresh run needs an absent, empty or checkpoint-free RUN directory."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MegabyteError(f"--out {out_dir} exists and is not a directory")
+    if (out_dir / LATEST).exists() or ckpt.list_checkpoints(out_dir):
+        raise MegabyteError(f"{out_dir} already holds a training run with checkpoints: pass --resume to "
+                            "continue it, or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MegabyteError(f"cannot create the run directory {out_dir}: {exc}") from None
+
+
+def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data: ByteDataset) -> Path:
+    """The checkpoint to resume from; MegabyteError if there is none or the configs differ."""
+    checkpoint = _latest_or_error(out_dir)
+    state = ckpt.read_trainer_state(checkpoint)
+    saved_model = read_config(checkpoint)
+    problems = _differences("model", saved_model.to_dict(), model_config.to_dict())
+    saved_train = state.get("train_config", {})
+    problems += _differences("train", saved_train, cfg.to_dict(), skip=RESUMABLE)
+    if problems:
+        raise MegabyteError(f"cannot resume {out_dir} with a different configuration: {'; '.join(problems)}. "
+                            f"Only these may change on --resume: {', '.join(sorted(RESUMABLE))}")
+    saved_meta = ckpt.read_json(checkpoint / ckpt.DATA_META)
+    for key in ("modality", "item_len", "bytes", "recipe"):
+        if saved_meta.get(key) != data.meta.get(key):
+            raise MegabyteError(f"the dataset {data.directory} is not the one {out_dir} was trained on "
+                                f"({key} differs: {saved_meta.get(key)!r} before, {data.meta.get(key)!r} now)")
+    return checkpoint
+
+
+def _latest_or_error(out_dir: Path) -> Path:
+    if not out_dir.is_dir():
+        raise MegabyteError(f"cannot resume: the run directory {out_dir} does not exist")
+    checkpoint = ckpt.latest_checkpoint(out_dir)
+    if checkpoint is None:
+        raise MegabyteError(f"cannot resume: {out_dir} has no checkpoint ({out_dir / LATEST} is missing)")
+    return checkpoint
+
+
+def _differences(section: str, saved: dict, now: dict, skip: frozenset = frozenset()) -> list[str]:
+    keys = sorted((set(saved) | set(now)) - skip)
+    return [f"{section}.{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def write_run_config(out_dir: Path, model_config, cfg: TrainConfig, data: ByteDataset, *, preset: str | None,
+                     runtime) -> None:
+    ckpt.write_json(out_dir / TRAIN_CONFIG, {
+        "megabyte_version": __version__,
+        "model_kind": model_config.model_type,
+        "preset": preset,
+        "data_dir": str(data.directory.resolve()),
+        "modality": data.modality,
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "model": model_config.to_dict(),
+        "train": cfg.to_dict(),
+    })
+
+
+@dataclass
+class SavedRun:
+    """What a run directory's latest checkpoint says about how it was trained."""
+
+    checkpoint: Path
+    model_config: Any
+    train_config: TrainConfig
+    data_dir: str
+    preset: str | None
+
+
+def read_saved_run(out_dir: str | Path) -> SavedRun:
+    """The configs of `out_dir`'s latest checkpoint (the base that --resume starts from)."""
+    out_dir = Path(out_dir)
+    checkpoint = _latest_or_error(out_dir)
+    state = ckpt.read_trainer_state(checkpoint)
+    try:
+        train_config = TrainConfig.from_dict(state["train_config"])
+    except (KeyError, MegabyteError) as exc:
+        raise MegabyteError(f"{checkpoint / ckpt.TRAINER_STATE}: invalid train config ({exc})") from None
+    return SavedRun(checkpoint, read_config(checkpoint), train_config, str(state.get("data_dir", "")),
+                    state.get("preset"))
