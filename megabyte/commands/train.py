@@ -73,7 +73,7 @@ _FLAGS = {"max_steps": "max_steps", "max_time": "max_time", "save_every": "save_
 
 
 def run(args: argparse.Namespace) -> int:
-    from megabyte.training import train
+    from megabyte.training.loop import train
     from megabyte.training.presets import describe_presets
 
     if args.list_presets:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
     """The model config, train config, data directory and preset name the arguments describe."""
     from megabyte.training.config import TrainConfig, parse_duration, read_toml, split_overrides
-    from megabyte.training.presets import DEFAULT_PRESET, MODEL_KINDS, get_preset
+    from megabyte.training.presets import DEFAULT_PRESET, config_class, get_preset
     from megabyte.training.run import read_saved_run
 
     file = read_toml(args.config) if args.config else {}
@@ -111,13 +111,11 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
         if not args.data:
             raise MegabyteError("--data DIR is required (a dataset made by `megabyte prepare`)")
         kind = kind or "megabyte"
-        if kind not in MODEL_KINDS:
-            raise MegabyteError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
         preset_name = preset_name or DEFAULT_PRESET
         preset = get_preset(preset_name)
         model_fields, train_fields = preset.model_fields(kind), dict(preset.train)
         data_dir = args.data
-    model_cls = MODEL_KINDS[kind]
+    model_cls = config_class(kind)
     model_fields.update(file.get("model", {}))
     train_fields.update(file.get("train", {}))
     model_over, train_over = split_overrides(args.overrides, model_cls)

@@ -1,17 +1,44 @@
 """Training: configs and presets, the loop (step / evaluate / save), checkpoints, metrics.
 
-    from megabyte.training import TrainConfig, train, get_preset
+    from megabyte.training import TrainConfig, get_preset, train
     preset = get_preset("small")
-    model_config = megabyte.MegabyteConfig(**preset.model_fields("megabyte"))
-    summary = train(TrainConfig(**preset.train), model_config, "data/text", "runs/small")
-    summary["val_bpb"], summary["bytes_per_s"]
-    train(TrainConfig(**{**preset.train, "max_steps": 4000}), model_config, "data/text", "runs/small", resume=True)
+    summary = train(TrainConfig(**preset.train), preset.model_config("megabyte"), "data/text", "runs/small")
+    summary["val_bpb"], summary["bytes_per_s"], summary["checkpoint"]
+    more = TrainConfig(**{**preset.train, "max_steps": 4000})
+    train(more, preset.model_config("megabyte"), "data/text", "runs/small", resume=True)
+
+Modules: `config` (TrainConfig, overrides, TOML), `presets`, `runtime` (device, precision),
+`optim` (AdamW, schedule), `loop` (Trainer, train), `checkpoint`, `run` (run directory), `metrics`.
+Names are imported on first use, so the command line starts without loading PyTorch.
 """
 
-from megabyte.training.config import RESUMABLE, TrainConfig, parse_duration
-from megabyte.training.loop import Trainer, train
-from megabyte.training.presets import PRESETS, Preset, get_preset
-from megabyte.training.run import read_saved_run
+from __future__ import annotations
 
-__all__ = ["RESUMABLE", "TrainConfig", "parse_duration", "Trainer", "train", "PRESETS", "Preset", "get_preset",
-           "read_saved_run"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "RESUMABLE": "megabyte.training.config",
+    "TrainConfig": "megabyte.training.config",
+    "parse_duration": "megabyte.training.config",
+    "Trainer": "megabyte.training.loop",
+    "train": "megabyte.training.loop",
+    "PRESETS": "megabyte.training.presets",
+    "Preset": "megabyte.training.presets",
+    "get_preset": "megabyte.training.presets",
+    "read_saved_run": "megabyte.training.run",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'megabyte.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

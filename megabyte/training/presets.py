@@ -12,9 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from megabyte.errors import MegabyteError
-from megabyte.model import MegabyteConfig, PerceiverARConfig, TransformerConfig
 
-MODEL_KINDS = {"megabyte": MegabyteConfig, "transformer": TransformerConfig, "perceiver-ar": PerceiverARConfig}
+MODEL_KINDS = ("megabyte", "transformer", "perceiver-ar")
+"""The `--model` choices; the names are the configs' `model_type`."""
+
+
+def config_class(kind: str) -> type:
+    """The config dataclass of model kind `kind` (imported on use: this module loads no PyTorch)."""
+    from megabyte.model import MegabyteConfig, PerceiverARConfig, TransformerConfig
+
+    classes = {"megabyte": MegabyteConfig, "transformer": TransformerConfig, "perceiver-ar": PerceiverARConfig}
+    if kind not in classes:
+        raise MegabyteError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    return classes[kind]
 
 
 @dataclass(frozen=True)
@@ -27,9 +37,12 @@ class Preset:
     """TrainConfig fields."""
 
     def model_fields(self, kind: str) -> dict[str, Any]:
-        if kind not in MODEL_KINDS:
-            raise MegabyteError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+        config_class(kind)  # a clear error for an unknown kind
         return dict(self.models[kind])
+
+    def model_config(self, kind: str):
+        """The model config of `kind` in this preset, e.g. `get_preset("small").model_config("megabyte")`."""
+        return config_class(kind)(**self.model_fields(kind))
 
 
 def _preset(name: str, summary: str, *, ctx: int, megabyte: dict, transformer: dict, perceiver: dict,
@@ -120,7 +133,7 @@ def describe_presets() -> str:
     """A table of every preset: parameter counts per model kind, context, summary."""
     lines = [f"{'preset':<11} {'context':>8}  " + "  ".join(f"{k:>13}" for k in MODEL_KINDS) + "  summary"]
     for preset in PRESETS.values():
-        counts = [parameter_count(MODEL_KINDS[k](**preset.model_fields(k))) for k in MODEL_KINDS]
+        counts = [parameter_count(preset.model_config(k)) for k in MODEL_KINDS]
         ctx = preset.models["megabyte"]["max_seq_len"]
         lines.append(f"{preset.name:<11} {ctx:>8}  " + "  ".join(f"{_human(c):>13}" for c in counts)
                      + f"  {preset.summary}")

@@ -10,7 +10,6 @@ import pytest
 
 from megabyte import MegabyteError
 from megabyte.training import TrainConfig, get_preset, train
-from megabyte.training.presets import MODEL_KINDS
 from tests.training.helpers import cli, metrics
 
 K = 12
@@ -49,7 +48,7 @@ def test_stop_and_resume_matches_an_uninterrupted_run(kind, text_data, tmp_path)
 
 def test_resume_through_the_python_api(text_data, tmp_path):
     preset = get_preset("tiny")
-    model_config = MODEL_KINDS["megabyte"](**preset.model_fields("megabyte"))
+    model_config = preset.model_config("megabyte")
     cfg = TrainConfig(**{**preset.train, "max_steps": 4, "decay_steps": 8, "eval_every": 0, "save_every": 0})
     first = train(cfg, model_config, text_data, tmp_path / "run", progress=False)
     assert first["step"] == 4
@@ -116,7 +115,7 @@ def test_resume_errors(text_data, tmp_path, capsys):
 
 def test_api_resume_with_a_different_config_is_refused(text_data, tmp_path):
     preset = get_preset("tiny")
-    model_config = MODEL_KINDS["megabyte"](**preset.model_fields("megabyte"))
+    model_config = preset.model_config("megabyte")
     cfg = TrainConfig(**{**preset.train, "max_steps": 2})
     train(cfg, model_config, text_data, tmp_path / "run", progress=False)
     with pytest.raises(MegabyteError, match="train.batch_size was 4, now 2"):

@@ -20,7 +20,7 @@ from tests.training.helpers import metrics
 
 def tiny(kind: str = "megabyte", **train_fields):
     preset = get_preset("tiny")
-    model_config = megabyte.training.presets.MODEL_KINDS[kind](**preset.model_fields(kind))
+    model_config = preset.model_config(kind)
     return TrainConfig(**{**preset.train, **train_fields}), model_config
 
 

@@ -1,0 +1,85 @@
+"""`megabyte train` on the command line: bad inputs are clear errors (exit 2), presets list,
+config files, image data, bf16 autocast."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from megabyte.training.presets import PRESETS
+from tests.training.helpers import cli, metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing", "--out", "{tmp}/run"], "does not exist"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--preset", "huge"], "unknown preset 'huge'"),
+    (["--data", "{data}", "--out", "{tmp}/run", "model.dimz=3"], "unknown field model.dimz"),
+    (["--data", "{data}", "--out", "{tmp}/run", "train.batchsize=3"], "unknown field train.batchsize"),
+    (["--data", "{data}", "--out", "{tmp}/run", "lr=3"], "expected model.FIELD=VALUE"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--preset", "tiny", "train.seq_len=65"], "model.max_seq_len is 64"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--preset", "tiny", "--max-time", "soon"], "--max-time"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--preset", "tiny", "--lr", "-1"], "train.lr"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--config", "{tmp}/none.toml"], "does not exist"),
+    (["--out", "{tmp}/run"], "--data DIR is required"),
+    (["--data", "{data}"], "--out RUN is required"),
+])
+def test_bad_inputs_are_clear_errors(args, message, text_data, tmp_path, capsys):
+    args = [a.format(tmp=tmp_path, data=text_data) for a in args]
+    assert cli("train", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("megabyte train: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_list_presets(capsys):
+    assert cli("train", "--list-presets") == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert name in out
+    assert "934M" in out  # the paper's text shape, MEGABYTE
+
+
+def test_config_file_and_flags(text_data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "tiny"\nmodel_kind = "transformer"\n[model]\ndim = 32\n'
+                      '[train]\nmax_steps = 5\nbatch_size = 2\n')
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(text_data), "--out", str(run), "--config", str(config),
+               "--max-steps", "3", "train.log_every=3") == 0
+    resolved = json.loads((run / "train_config.json").read_text())
+    assert resolved["preset"] == "tiny" and resolved["model_kind"] == "transformer"
+    assert resolved["model"]["dim"] == 32
+    assert resolved["train"]["batch_size"] == 2 and resolved["train"]["max_steps"] == 3  # the flag wins
+    assert [r["step"] for r in metrics(run)] == [3]
+
+
+def test_bf16_autocast_trains(text_data, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(text_data), "--out", str(run), "--preset", "tiny", "--precision", "bf16",
+               "--max-steps", "3") == 0
+    assert json.loads((run / "train_config.json").read_text())["precision"] == "bf16"
+    assert all(np.isfinite(r["train_bpb"]) for r in metrics(run))
+
+
+def test_image_data_uses_whole_images(tmp_path):
+    from PIL import Image
+
+    from megabyte.data.image import prepare_image
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    data = tmp_path / "images"
+    prepare_image([photos], data, size=4, val_fraction=0.2)  # 4 x 4 x 3 = 48 bytes per image
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--max-steps", "2") == 0
+    resolved = json.loads((run / "train_config.json").read_text())
+    assert resolved["train"]["seq_len"] == 48 and resolved["modality"] == "image"
+    meta = json.loads((run / "checkpoints/step-00000002/data_meta.json").read_text())
+    assert meta["modality"] == "image" and meta["item_len"] == 48
+    assert cli("train", "--data", str(data), "--out", str(tmp_path / "bad"), "--preset", "tiny",
+               "train.seq_len=50", "--max-steps", "1") == 2
