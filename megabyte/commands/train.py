@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file: preset, model_kind, [model], [train]")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps in all")
-    p.add_argument("--max-time", metavar="T", help="stop after this much time in all, e.g. 600, 10m, 1h30m")
+    p.add_argument("--max-time", metavar="T", help="stop after this much time in all, e.g. 600, 10m, 1h30m "
+                   "(replaces the preset's step budget unless --max-steps is given too)")
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--eval-every", type=int, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
@@ -116,13 +117,15 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
         model_fields, train_fields = preset.model_fields(kind), dict(preset.train)
         data_dir = args.data
     model_cls = config_class(kind)
-    model_fields.update(file.get("model", {}))
-    train_fields.update(file.get("train", {}))
     model_over, train_over = split_overrides(args.overrides, model_cls)
-    model_fields.update(model_over)
-    train_fields.update(train_over)
     for flag, field in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            train_fields[field] = parse_duration(value, "--max-time") if flag == "max_time" else value
+            train_over[field] = parse_duration(value, "--max-time") if flag == "max_time" else value
+    given = {**file.get("train", {}), **train_over}
+    if not args.resume and "max_time" in given and "max_steps" not in given:
+        train_fields["max_steps"] = None  # a time budget replaces the preset's step budget
+    model_fields.update(file.get("model", {}))
+    model_fields.update(model_over)
+    train_fields.update(given)
     return model_cls.from_dict(model_fields), TrainConfig.from_dict(train_fields), data_dir, preset_name

@@ -61,6 +61,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 7919 + runtime.rank + 1)  # dropout: a stream per process
         if cfg.compile:
             self.model.compile()
+        self.network = runtime.wrap(self.model)  # what training steps call; self.model is what is saved
         self.optimizer = build_optimizer(self.model, cfg, runtime.device)
         self.sampler = BatchSampler(data.split("train"), cfg.seq_len, cfg.batch_size, seed=cfg.seed,
                                     rank=runtime.rank, world_size=runtime.world_size, item_len=data.item_len)
@@ -70,6 +71,9 @@ class Trainer:
         self.saved_step: int | None = None
         self.resumed_from: Path | None = None
         self.stop_requested: str | None = None  # set (e.g. by a signal handler) to stop after this step
+        self.lr = lr_at(cfg, 0)
+        self.last_train_bpb: float | None = None  # of the latest metrics record
+        self.last_rate = 0.0  # training bytes/s of the latest metrics record
         self._clock_start = time.monotonic()
         self._elapsed_at_start = 0.0
         self._session = {"bytes": 0, "train_time": 0.0}
@@ -110,7 +114,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             x = self.sampler.next_batch().to(runtime.device, non_blocking=True)  # (B, T)
             with runtime.autocast():
-                loss = byte_loss(self.model(x), x)
+                loss = byte_loss(self.network(x), x)
             (loss.nats / step_bytes).backward()  # mean over the whole step, not per micro-batch
             self._nats += loss.nats.detach()
         if cfg.clip > 0:
@@ -218,7 +222,7 @@ class Trainer:
                 )
             record["lr"] = self.lr
             record["bytes_per_s"] = iv["bytes"] * self.runtime.world_size / max(iv["train_time"], 1e-9)
-            self._last_train_bpb, self._last_rate = record["train_bpb"], record["bytes_per_s"]
+            self.last_train_bpb, self.last_rate = record["train_bpb"], record["bytes_per_s"]
         if val_bpb is not None:
             record["val_bpb"] = val_bpb
         record["elapsed"] = round(self.elapsed(), 3)
@@ -226,8 +230,12 @@ class Trainer:
         self._reset_interval()
         return record
 
+    def _due(self, every: int) -> bool:
+        """Whether a periodic action (every 0: never) falls on the current step."""
+        return bool(every) and self.state.step % every == 0
+
     def _eta(self) -> float | None:
-        cfg, rate = self.cfg, getattr(self, "_last_rate", None)
+        cfg, rate = self.cfg, self.last_rate
         left = []
         if cfg.max_steps is not None and rate:
             left.append((cfg.max_steps - self.state.step) * self.bytes_per_step / rate)
@@ -259,23 +267,22 @@ class Trainer:
         say = progress.write if self.runtime.is_main else (lambda message: None)
         self._announce(say)
         self.metrics.start(s.step if self.resumed_from is not None else None)
+        self._clock_start = time.monotonic()  # the time budget starts here (or continues from the checkpoint)
         title = f"{self.run_dir.name}: {self.model_config.model_type}"
         try:
             while (reason := self.stop_reason()) is None:
                 self.train_step()
-                last = self.stop_reason() is not None  # so the last step gets its evaluation and save
-                due = lambda every: last or (every and s.step % every == 0)  # noqa: B023
-                val = self.evaluate() if due(cfg.eval_every) else None
-                if val is not None or due(cfg.log_every):
+                last = self.stop_reason() is not None  # the last step always evaluates, logs and saves
+                val = self.evaluate() if last or self._due(cfg.eval_every) else None
+                if val is not None or last or self._due(cfg.log_every):
                     self.log(val)
                     self.metrics.plot(title, force=val is not None)
                 if val is not None:
-                    say(f"step {s.step}: val {val:.4f} bpb, train {self._last_train_bpb:.4f} bpb, "
-                        f"{human(self._last_rate)} bytes/s, {format_duration(self.elapsed())} elapsed")
-                if due(cfg.save_every):
+                    say(f"step {s.step}: val {val:.4f} bpb, train {self.last_train_bpb:.4f} bpb, "
+                        f"{human(self.last_rate)} bytes/s, {format_duration(self.elapsed())} elapsed")
+                if last or self._due(cfg.save_every):
                     self.save()
-                progress.update(1, bpb=getattr(self, "_last_train_bpb", None),
-                                bytes_per_s=getattr(self, "_last_rate", 0.0), eta=self._eta())
+                progress.update(1, bpb=self.last_train_bpb, bytes_per_s=self.last_rate, eta=self._eta())
             # Stopped without a final step (resumed at the budget, or time ran out while evaluating).
             self.log(self.evaluate() if s.val_step != s.step else None)
             if self.saved_step != s.step:
@@ -302,7 +309,7 @@ class Trainer:
             "step": s.step,
             "bytes": s.bytes_seen,
             "elapsed": self.elapsed(),
-            "train_bpb": getattr(self, "_last_train_bpb", None),
+            "train_bpb": self.last_train_bpb,
             "val_bpb": s.val_bpb,
             "bytes_per_s": session["bytes"] / session["train_time"] if session["train_time"] else 0.0,
             "stop_reason": reason,

@@ -36,6 +36,10 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module training steps run (a data-parallel wrapper would go here)."""
+        return model
+
     def sum(self, values: list[float]) -> list[float]:
         """Sum numbers over all processes (identity for one process)."""
         return list(values)

@@ -83,3 +83,18 @@ def test_image_data_uses_whole_images(tmp_path):
     assert meta["modality"] == "image" and meta["item_len"] == 48
     assert cli("train", "--data", str(data), "--out", str(tmp_path / "bad"), "--preset", "tiny",
                "train.seq_len=50", "--max-steps", "1") == 2
+
+
+def test_a_time_budget_replaces_the_presets_step_budget(text_data, tmp_path):
+    from megabyte.cli import build_parser
+    from megabyte.commands.train import build_configs
+
+    def configs(*args):
+        parsed = build_parser().parse_args(["train", "--data", str(text_data), "--out", str(tmp_path), *args])
+        return build_configs(parsed)[1]
+
+    assert configs("--preset", "tiny").max_steps == 40
+    timed = configs("--preset", "tiny", "--max-time", "10m")
+    assert (timed.max_steps, timed.max_time) == (None, 600.0)
+    both = configs("--preset", "tiny", "--max-time", "10m", "--max-steps", "7")
+    assert (both.max_steps, both.max_time) == (7, 600.0)
