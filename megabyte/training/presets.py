@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         transformer={"dim": 256, "depth": 4},
         perceiver={"dim": 256, "depth": 4, "num_latents": 256},
         train={"batch_size": 8, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
-               "eval_every": 100, "eval_bytes": 1 << 18, "log_every": 10, "save_every": 500},
+               "eval_every": 250, "eval_bytes": 1 << 19, "log_every": 10, "save_every": 500},
     ),
     _preset(
         "medium", "one GPU for a few hours", ctx=8192,
