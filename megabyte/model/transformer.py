@@ -1,8 +1,11 @@
 """The byte-level decoder-only Transformer baseline (same blocks as MEGABYTE's stages).
 
-Shape legend: B batch, T bytes, D width.
+Shape legend: B batch, T bytes, D width, V vocabulary (256 byte values).
 Input at position t is byte t-1 (a trainable start embedding at t = 0), so `logits[:, t]`
 predicts byte t from bytes < t.
+
+With `vocab_size` other than 256 the same network runs over token ids 0..V-1 instead of bytes:
+that is the subword baseline of `megabyte compare` (its loss is per token, not `byte_loss`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class TransformerConfig(ConfigMixin):
     """MLP hidden width as a multiple of the model width."""
     tie_embeddings: bool = True
     """Tie the output layer to the byte embedding."""
+    vocab_size: int = VOCAB
+    """Input and output vocabulary: 256 byte values; a larger one makes it a token model
+    (the subword baseline, whose inputs are token ids of a BPE vocabulary)."""
     model_type: str = field(default="transformer", repr=False)
 
     def __post_init__(self) -> None:
@@ -47,14 +53,18 @@ class TransformerConfig(ConfigMixin):
         require(isinstance(self.max_seq_len, int) and self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         require(self.mlp_ratio >= 1, "mlp_ratio", f"must be >= 1, got {self.mlp_ratio}")
+        require(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= 2,
+                "vocab_size", f"must be an integer >= 2, got {self.vocab_size!r}")
 
 
 class ShiftedByteEmbedding(nn.Module):
-    """Embeds byte t-1 at position t (a trainable start vector at t = 0), plus a learned position."""
+    """Embeds byte t-1 at position t (a trainable start vector at t = 0), plus a learned position.
 
-    def __init__(self, dim: int, max_seq_len: int) -> None:
+    `vocab` is 256 for bytes; the subword baseline embeds token ids of a larger vocabulary."""
+
+    def __init__(self, dim: int, max_seq_len: int, vocab: int = VOCAB) -> None:
         super().__init__()
-        self.bytes = nn.Embedding(VOCAB, dim)
+        self.bytes = nn.Embedding(vocab, dim)
         self.start = nn.Parameter(torch.zeros(dim))
         self.pos = nn.Embedding(max_seq_len, dim)
 
@@ -78,11 +88,11 @@ class Transformer(ByteModel):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = ShiftedByteEmbedding(config.dim, config.max_seq_len)
+        self.embed = ShiftedByteEmbedding(config.dim, config.max_seq_len, config.vocab_size)
         self.transformer = TransformerStack(
             config.dim, config.depth, config.heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout
         )
-        self.head = nn.Linear(config.dim, VOCAB, bias=False)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.bytes.weight
         self.init_weights()
@@ -96,7 +106,7 @@ class Transformer(ByteModel):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         x = x.long()
-        return self.head(self.transformer(self.embed(x, 0, x.shape[1])))  # (B, T, 256)
+        return self.head(self.transformer(self.embed(x, 0, x.shape[1])))  # (B, T, V)
 
     @torch.no_grad()
     def start_decoding(self, prompt: Tensor) -> tuple[Tensor, _DecodeState]:
