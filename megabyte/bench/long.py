@@ -1,0 +1,142 @@
+"""Long sequences: one training step of a three-stage MEGABYTE on a 1 MiB sequence, and the longest
+sequence at which the same-size byte Transformer can still take a step on the same machine.
+
+MEGABYTE (patch sizes 16 and 8: 1,048,576 bytes are 8,192 global patches of 128 bytes, each
+16 sub-patches of 8 bytes) runs with activation checkpointing in every stage, bf16 autocast and a
+projected global byte embedding (`embed_dims`: 128 bytes x 8 wide, projected to 512, instead of
+512 / 128 = 4 numbers per byte). The Transformer (512 x 8, flash attention, bf16, no
+checkpointing: how it is trained) tries 8,192 bytes, then doubles until a step fails.
+
+Every step runs in its own process under an address-space cap (`--mem-limit-gb`, lowered to what
+the machine has free at that moment), so a failure is an out-of-memory error, not a swapping
+machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import megabyte
+
+
+@dataclass
+class LongOptions:
+    megabyte_bytes: int = 1_048_576
+    transformer_start: int = 8192
+    transformer_max: int = 1_048_576
+    quick: bool = False
+    threads: int = 2
+    mem_limit_gb: float = 16.0
+    device: str = "cpu"
+    dtype: str = "bf16"
+    checkpointing: bool = True
+    timeout_s: float = 3600.0
+
+
+def long_config(kind: str, seq_len: int, quick: bool):
+    if kind == "megabyte":
+        if quick:
+            return megabyte.MegabyteConfig(patch_sizes=(4, 4), dims=(64, 32, 16), depths=(1, 1, 1),
+                                           embed_dims=(4, 8, 16), max_seq_len=seq_len)
+        return megabyte.MegabyteConfig(patch_sizes=(16, 8), dims=(512, 256, 128), depths=(6, 2, 2), heads=(8, 4, 2),
+                                       embed_dims=(8, 32, 128), max_seq_len=seq_len)
+    if quick:
+        return megabyte.TransformerConfig(dim=32, depth=1, max_seq_len=seq_len)
+    return megabyte.TransformerConfig(dim=512, depth=8, heads=8, max_seq_len=seq_len)
+
+
+def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
+    """Worker side: build the model, take one step (forward, backward, AdamW) on one sequence."""
+    from megabyte.bench.rows import adamw, autocast
+    from megabyte.bench.worker import peak_memory
+
+    cfg = long_config(spec["kind"], spec["seq_len"], spec.get("quick", False))
+    model = megabyte.build_model(cfg).to(device).train()
+    if spec.get("checkpointing"):
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+    opt = adamw(model.parameters(), device, fused=True)
+    x = torch.randint(0, 256, (1, spec["seq_len"]), device=device)
+    start = time.perf_counter()
+    with autocast(device, spec.get("dtype", "bf16")):
+        loss = model.loss(x).mean
+    forward = time.perf_counter() - start
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss),
+            "params": sum(p.numel() for p in model.parameters()), "peak_memory": peak_memory(torch, device),
+            "config": cfg.to_dict()}
+
+
+def available_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def run_long(opts: LongOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from megabyte.bench.speed import machine, run_worker, worker_env
+
+    env = worker_env(opts.threads)
+
+    def step(kind: str, T: int, checkpointing: bool) -> dict[str, Any]:
+        cap = opts.mem_limit_gb
+        free = available_gib()
+        if free is not None and opts.device == "cpu":
+            cap = max(1.0, min(cap, free - 1.0))  # never ask for more than the machine has free now
+        spec = {"task": "long", "kind": kind, "seq_len": T, "checkpointing": checkpointing, "quick": opts.quick,
+                "threads": opts.threads, "device": opts.device, "dtype": opts.dtype, "mem_limit_gb": cap}
+        log(f"  {kind} @ {T:,} bytes (memory cap {cap:.1f} GiB) ...")
+        r = run_worker(spec, timeout_s=opts.timeout_s, env=env)
+        r["seq_len"], r["mem_cap_gib"] = T, cap
+        log(f"  {kind} @ {T:,}: " + (f"error: {r['error']}" if "error" in r else
+                                       f"{r['seconds']:.1f} s, peak {r['peak_memory'] / 2**30:.2f} GiB"))
+        return r
+
+    results: dict[str, Any] = {"options": asdict(opts), "machine": machine()}
+    T = opts.megabyte_bytes if not opts.quick else min(opts.megabyte_bytes, 4096)
+    results["megabyte"] = step("megabyte", T, opts.checkpointing)
+    tries = []
+    T = opts.transformer_start if not opts.quick else 256
+    limit = opts.transformer_max if not opts.quick else 1024
+    while T <= limit:
+        r = step("transformer", T, False)
+        tries.append(r)
+        if "error" in r:
+            break
+        T *= 2
+    results["transformer"] = tries
+    ok = [r for r in tries if "error" not in r]
+    results["transformer_longest"] = ok[-1]["seq_len"] if ok else None
+    return results
+
+
+def render_long(results: dict[str, Any]) -> str:
+    lines = ["| model | params | sequence (bytes) | step time | peak memory | result |", "|---|---|---|---|---|---|"]
+
+    def line(name: str, r: dict[str, Any]) -> str:
+        if "error" in r:
+            return f"| {name} | - | {r['seq_len']:,} | - | - | {r['error']} (cap {r['mem_cap_gib']:.1f} GiB) |"
+        return (f"| {name} | {r['params'] / 1e6:.1f}M | {r['seq_len']:,} | {r['seconds']:.1f} s | "
+                f"{r['peak_memory'] / 2**30:.2f} GiB | ok |")
+
+    ck = " (checkpointed)" if results["options"]["checkpointing"] else ""
+    lines.append(line(f"MEGABYTE 3-stage{ck}", results["megabyte"]))
+    for r in results["transformer"]:
+        lines.append(line("Transformer", r))
+    longest = results["transformer_longest"]
+    lines.append("")
+    lines.append(f"Longest Transformer step: {longest:,} bytes." if longest else "The Transformer took no step.")
+    return "\n".join(lines)

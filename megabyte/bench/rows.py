@@ -1,0 +1,272 @@
+"""The rows of the benchmark: our three models and the two other open MEGABYTE implementations.
+
+Each row builds a model for one sequence length and gives the benchmark three things: a training
+step (forward + backward + AdamW), a generation call (new bytes after a prompt, the way the
+row's users would generate), and the model FLOPs of a training step.
+
+Reference sizes (issue 6): MEGABYTE global 512 x 6, local 256 x 4, P = 8 (about 25M parameters);
+the Transformer and PerceiverAR 512 x 8. `megabyte-pytorch` (lucidrains, 0.3.6) and `mblm` (IBM,
+0.4.2) are configured to the same global/local widths, depths and patch size, 8 heads of 64, MLP
+ratio 4, their flash-attention switch on as in their READMEs; they run as their users run them
+(fp32, eager, their own loss and `generate`) unless `--external-dtype bf16` says otherwise.
+They are imported only here, lazily: without them their rows say "not installed".
+
+A row name may carry options after slashes: `megabyte/fp32/eager` is our MEGABYTE in fp32
+without `torch.compile`, whatever `--dtype` and `--compile` say for the other rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import megabyte
+from megabyte.bench.flops import counted_flops, model_flops
+
+OURS = ("megabyte", "transformer", "perceiver-ar")
+EXTERNAL = {"megabyte-pytorch": "MEGABYTE_pytorch", "mblm": "mblm"}
+ALL_ROWS = (*OURS, *EXTERNAL)
+OPTIONS = ("fp32", "bf16", "eager", "compile")
+
+
+class NotInstalled(Exception):
+    """The row's package is not installed (the optional `bench` extra)."""
+
+
+@dataclass
+class RowSpec:
+    """A row name with its options resolved against the command line's defaults."""
+
+    name: str
+    label: str
+    dtype: str
+    compile: bool
+
+    @classmethod
+    def parse(cls, text: str, *, dtype: str, compile: bool, external_dtype: str) -> RowSpec:
+        name, *opts = text.strip().split("/")
+        if name not in ALL_ROWS:
+            raise ValueError(f"unknown row {name!r} (known: {', '.join(ALL_ROWS)})")
+        for opt in opts:
+            if opt not in OPTIONS:
+                raise ValueError(f"unknown row option {opt!r} in {text!r} (known: {', '.join(OPTIONS)})")
+        ours = name in OURS
+        row_dtype = dtype if ours else external_dtype
+        row_compile = compile and ours
+        for opt in opts:
+            if opt in ("fp32", "bf16"):
+                row_dtype = opt
+            else:
+                row_compile = opt == "compile"
+        return cls(name=name, label=text.strip(), dtype=row_dtype, compile=row_compile)
+
+
+@dataclass
+class Sizes:
+    """Model sizes: the issue's reference configuration, or tiny ones for `--quick` and tests."""
+
+    global_dim: int = 512
+    global_depth: int = 6
+    local_dim: int = 256
+    local_depth: int = 4
+    patch: int = 8
+    flat_dim: int = 512
+    flat_depth: int = 8
+    heads: int = 8
+    latents: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(global_dim=64, global_depth=2, local_dim=32, local_depth=2, patch=8, flat_dim=64,
+                   flat_depth=2, heads=2, latents=64)
+
+
+def our_config(name: str, sizes: Sizes, max_seq_len: int):
+    s = sizes
+    if name == "megabyte":
+        local_heads = max(1, s.local_dim // 64) if s.local_dim >= 64 else s.heads
+        return megabyte.MegabyteConfig(
+            patch_sizes=(s.patch,), dims=(s.global_dim, s.local_dim), depths=(s.global_depth, s.local_depth),
+            heads=(s.heads, local_heads), max_seq_len=max_seq_len,
+        )
+    if name == "transformer":
+        return megabyte.TransformerConfig(dim=s.flat_dim, depth=s.flat_depth, heads=s.heads, max_seq_len=max_seq_len)
+    return megabyte.PerceiverARConfig(dim=s.flat_dim, depth=s.flat_depth, heads=s.heads, max_seq_len=max_seq_len,
+                                      num_latents=min(s.latents, max_seq_len))
+
+
+def autocast(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def adamw(params, device: torch.device, *, fused: bool) -> torch.optim.Optimizer:
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
+
+
+class Row:
+    """A model of one row, built for sequences of up to `max_seq_len` bytes on `device`."""
+
+    model: torch.nn.Module
+
+    def __init__(self, spec: RowSpec, sizes: Sizes, max_seq_len: int, device: torch.device) -> None:
+        self.spec, self.sizes, self.max_seq_len, self.device = spec, sizes, max_seq_len, device
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
+        raise NotImplementedError
+
+    def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
+        """Generate `new_bytes` after `prompt`; return how many bytes came out."""
+        raise NotImplementedError
+
+    def flops(self, batch: int, seq_len: int) -> float:
+        raise NotImplementedError
+
+
+class OurRow(Row):
+    def __init__(self, spec, sizes, max_seq_len, device) -> None:
+        super().__init__(spec, sizes, max_seq_len, device)
+        self.config = our_config(spec.name, sizes, max_seq_len)
+        self.model = megabyte.build_model(self.config).to(device)
+
+    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
+        model, device, dtype = self.model.train(), self.device, self.spec.dtype
+        opt = adamw(model.parameters(), device, fused=True)
+        x = torch.randint(0, 256, (batch, seq_len), device=device)
+
+        def loss_of(x):
+            with autocast(device, dtype):
+                return model.loss(x).mean
+
+        if self.spec.compile:
+            loss_of = torch.compile(loss_of)
+
+        def step() -> float:
+            loss = loss_of(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
+
+    def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
+        self.model.eval()
+        with autocast(self.device, self.spec.dtype):
+            out = megabyte.generate(self.model, prompt, new_bytes, seed=seed, on_max_len="stop")
+        return len(out)
+
+    def flops(self, batch: int, seq_len: int) -> float:
+        return model_flops(self.config, batch, seq_len).total
+
+
+class ExternalRow(Row):
+    """megabyte-pytorch or mblm: their loss, their generate, AdamW with PyTorch's defaults."""
+
+    def __init__(self, spec, sizes, max_seq_len, device) -> None:
+        super().__init__(spec, sizes, max_seq_len, device)
+        s, P = sizes, sizes.patch
+        patches = -(-max_seq_len // P)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if spec.name == "megabyte-pytorch":
+                    from MEGABYTE_pytorch import MEGABYTE
+                else:
+                    from mblm import MBLM, MBLMModelConfig, TransformerBlock
+            except ImportError as exc:
+                raise NotInstalled(f"{spec.name} is not installed (pip install 'megabyte-lm[bench]')") from exc
+        dim_head = s.global_dim // s.heads
+        if spec.name == "megabyte-pytorch":
+            self.model = MEGABYTE(
+                num_tokens=256, dim=(s.global_dim, s.local_dim), depth=(s.global_depth, s.local_depth),
+                max_seq_len=(patches, P), dim_head=dim_head, heads=s.heads, flash_attn=True,
+            )
+        else:
+            def block():
+                return TransformerBlock(attn_head_dims=dim_head, attn_num_heads=s.heads, attn_use_rot_embs=True,
+                                        use_flash_attn=True, pos_emb_type="fixed", ff_multiplier=4)
+
+            # As in mblm's README: 256 byte values plus a padding id that the loss ignores.
+            self.model = MBLM(MBLMModelConfig(
+                num_tokens=257, pad_token_id=256, hidden_dims=[s.global_dim, s.local_dim], seq_lens=[patches, P],
+                num_layers=[s.global_depth, s.local_depth], train_checkpoint_chunks=None, block=[block(), block()],
+            ))
+        self.model.to(device)
+
+    def _loss(self, x):
+        if self.spec.name == "megabyte-pytorch":
+            return self.model(x, return_loss=True)
+        from mblm import MBLMReturnType
+
+        return self.model(x, return_type=MBLMReturnType.LOSS)
+
+    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
+        model, device, dtype = self.model.train(), self.device, self.spec.dtype
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
+        x = torch.randint(0, 256, (batch, seq_len), device=device)
+
+        def loss_of(x):
+            with autocast(device, dtype):
+                return self._loss(x)
+
+        if self.spec.compile:
+            loss_of = torch.compile(loss_of)
+
+        def step():
+            loss = loss_of(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
+
+    def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
+        model = self.model.eval()
+        torch.manual_seed(seed)
+        prime = torch.tensor(list(prompt), dtype=torch.long, device=self.device)
+        with autocast(self.device, self.spec.dtype), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if self.spec.name == "megabyte-pytorch":
+                # Its generate always fills the model's whole length: the row is built for prompt + new.
+                total = model.max_seq_len[0] * model.max_seq_len[1]
+                if total != len(prompt) + new_bytes:
+                    raise ValueError(f"megabyte-pytorch generates up to {total} bytes, not {len(prompt) + new_bytes}")
+                out = _quiet(lambda: model.generate(prime[None]))
+                return out.numel() - len(prompt)
+            out = model.generate(prime, num_tokens_to_generate=new_bytes, enable_progress=False)
+            return out.numel() - len(prompt)
+
+    def flops(self, batch: int, seq_len: int) -> float:
+        step = self.train_step_fn(batch, seq_len)
+        return counted_flops(step, attention_scale=0.5)
+
+
+def _quiet(fn):
+    """Run `fn` with its tqdm progress bar silenced."""
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return fn()
+
+
+def build_row(spec: RowSpec, sizes: Sizes, max_seq_len: int, device: torch.device) -> Row:
+    cls = OurRow if spec.name in OURS else ExternalRow
+    return cls(spec, sizes, max_seq_len, device)

@@ -1,0 +1,271 @@
+"""The speed table: every row side by side in one invocation, each measurement in its own process.
+
+For each sequence length, every row takes `warmup` training steps and then `steps` timed ones
+(batch 1 unless `batch` says otherwise); then every row generates `new_bytes` after a
+`prompt_bytes` prompt. The peak FLOP/s of large matrix products is measured before and after,
+in the same threads, and the higher of the two is the peak that MFU divides by (so a quiet
+moment at either end cannot flatter MFU). Medians over the timed steps; the spread is half the
+range of the per-step rates, as a percentage of the median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from megabyte.bench.rows import OURS, RowSpec
+from megabyte.bench.worker import RESULT_MARK
+
+DEFAULT_ROWS = "megabyte,transformer,perceiver-ar,megabyte-pytorch,mblm"
+REFERENCE = "megabyte-pytorch"
+
+
+@dataclass
+class SpeedOptions:
+    """What `megabyte bench` measures (see its --help for each field)."""
+
+    rows: list[str] = field(default_factory=lambda: DEFAULT_ROWS.split(","))
+    seq_lens: list[int] = field(default_factory=lambda: [2048, 8192])
+    steps: int = 5
+    warmup: int = 2
+    batch: int = 1
+    dtype: str = "bf16"
+    external_dtype: str = "fp32"
+    compile: bool = False
+    device: str = "cpu"
+    threads: int = 2
+    generate: bool = True
+    prompt_bytes: int = 512
+    new_bytes: int = 512
+    gen_repeats: int = 3
+    quick: bool = False
+    mem_limit_gb: float = 16.0
+    timeout_s: float = 1800.0
+    inline: bool = False
+    """Run every measurement in this process (for tests: no process start-up, no memory cap, and
+    peak memory is this process's)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("bf16", "fp32") or self.external_dtype not in ("bf16", "fp32"):
+            raise ValueError("dtypes must be bf16 or fp32")
+        if self.steps < 1 or self.warmup < 0 or self.batch < 1:
+            raise ValueError("need steps >= 1, warmup >= 0, batch >= 1")
+        self.specs = [RowSpec.parse(r, dtype=self.dtype, compile=self.compile, external_dtype=self.external_dtype)
+                      for r in self.rows]
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of every worker: the same thread count for every library."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_worker(spec: dict[str, Any], *, timeout_s: float, env: dict[str, str] | None = None,
+               inline: bool = False) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process (or here, `inline`) and return its result."""
+    if inline:
+        from megabyte.bench.worker import run_task
+
+        return run_task({**spec, "mem_limit_gb": None, "threads": None})
+    cmd = [sys.executable, "-m", "megabyte.bench.worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    if proc.returncode < 0:  # killed by a signal: the kernel's out-of-memory killer sends SIGKILL
+        return {"error": f"killed by signal {-proc.returncode}", "oom": proc.returncode == -9}
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)[:300]}"}
+
+
+def summarize(times: list[float], amount: float) -> dict[str, float]:
+    """Median rate `amount / time` over the steps, and its spread (half the range, % of median)."""
+    rates = [amount / t for t in times]
+    median = statistics.median(rates)
+    return {
+        "rate": median,
+        "spread_pct": 100 * (max(rates) - min(rates)) / 2 / median,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/loadavg") as f:
+            info["load_before"] = f.read().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every row; return the results (raw per-process results plus a summary)."""
+    env = worker_env(opts.threads)
+    base = {"device": opts.device, "threads": opts.threads, "quick": opts.quick, "mem_limit_gb": opts.mem_limit_gb}
+    rows = {s.label: {"spec": asdict(s), "train": {}, "generate": None} for s in opts.specs}
+    results: dict[str, Any] = {"options": asdict(opts), "machine": machine(), "rows": rows}
+
+    def worker(spec: dict[str, Any], what: str) -> dict[str, Any]:
+        log(f"  {what} ...")
+        start = time.perf_counter()
+        r = run_worker({**base, **spec}, timeout_s=opts.timeout_s, env=env, inline=opts.inline)
+        log(f"  {what}: {'error: ' + r['error'] if 'error' in r else 'done'} ({time.perf_counter() - start:.0f} s)")
+        return r
+
+    peak_spec = {"task": "peak", "dtypes": ["bf16", "fp32"]}
+    if opts.quick:
+        peak_spec.update(sizes=[256, 512], warmup_s=0.05, reps=3)
+    peaks = [worker(peak_spec, "matmul peak (before)")]
+    for T in opts.seq_lens:
+        for s in opts.specs:
+            spec = {"task": "train", "row": asdict(s), "seq_len": T, "batch": opts.batch, "steps": opts.steps,
+                    "warmup": opts.warmup}
+            results["rows"][s.label]["train"][str(T)] = worker(spec, f"{s.label}: train @ {T}")
+    if opts.generate:
+        for s in opts.specs:
+            spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
+                    "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
+                    "repeats": opts.gen_repeats if s.name in OURS else 1}
+            results["rows"][s.label]["generate"] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
+    peaks.append(worker(peak_spec, "matmul peak (after)"))
+    results["peak"] = {
+        dt: max((p[dt]["flops"] for p in peaks if dt in p), default=None) for dt in ("bf16", "fp32")
+    }
+    results["peak_runs"] = peaks
+    results["summary"] = summarize_rows(results, opts)
+    return results
+
+
+def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for label, row in results["rows"].items():
+        spec = row["spec"]
+        peak = results["peak"].get(spec["dtype"])
+        out: dict[str, Any] = {"dtype": spec["dtype"], "compile": spec["compile"], "train": {}}
+        for T, r in row["train"].items():
+            if "error" in r:
+                out["train"][T] = {"error": r["error"]}
+                continue
+            s = summarize(r["times"], r["bytes_per_step"])
+            s["flops_per_step"] = r["flops"]
+            s["achieved_flops"] = r["flops"] / s["median_s"]
+            s["mfu"] = s["achieved_flops"] / peak if peak else None
+            s["peak_memory"] = r["peak_memory"]
+            s["cpu_share"] = sum(r["cpu_times"]) / sum(r["times"]) / max(1, opts.threads)
+            s["warmup_s"] = r["warmup_s"]
+            out["train"][T] = s
+            out["params"] = r["params"]
+        g = row["generate"]
+        if g is not None:
+            if "error" in g:
+                out["generate"] = {"error": g["error"]}
+            else:
+                rates = [n / t for n, t in zip(g["new_bytes"], g["times"])]
+                med = statistics.median(rates)
+                out["generate"] = {"rate": med, "spread_pct": 100 * (max(rates) - min(rates)) / 2 / med,
+                                   "runs": len(rates), "peak_memory": g["peak_memory"]}
+                out.setdefault("params", g["params"])
+        summary[label] = out
+    ref = next((lab for lab, row in results["rows"].items() if row["spec"]["name"] == REFERENCE), None)
+    for out in summary.values():
+        out["vs_reference"] = {}
+        if ref is None:
+            continue
+        r = summary[ref]
+        for T, s in out["train"].items():
+            base = r["train"].get(T, {})
+            if "rate" in s and "rate" in base:
+                out["vs_reference"][f"train@{T}"] = s["rate"] / base["rate"]
+        g, gb = out.get("generate") or {}, r.get("generate") or {}
+        if "rate" in g and "rate" in gb:
+            out["vs_reference"]["generate"] = g["rate"] / gb["rate"]
+    return summary
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _cell_error(err: str) -> str:
+    return {"not installed": "not installed", "out of memory": "OOM"}.get(err, "error")
+
+
+def _rate(s: dict[str, Any], digits: int) -> str:
+    if "rate" not in s:
+        return _cell_error(s.get("error", ""))
+    return f"{s['rate']:,.{digits}f} ±{s['spread_pct']:.0f}%"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The table: one line per row; rates are medians with their spread."""
+    opts = results["options"]
+    lens = [str(T) for T in opts["seq_lens"]]
+    last = lens[-1] if lens else None
+    head = ["row", "params", "dtype"] + [f"train B/s @{T}" for T in lens]
+    if last:
+        head += [f"MFU @{last}", f"peak mem @{last}"]
+    if opts["generate"]:
+        head += [f"generate B/s ({opts['new_bytes']} after {opts['prompt_bytes']})"]
+    head += [f"x {REFERENCE}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for label, out in results["summary"].items():
+        tag = out["dtype"] + (" +compile" if out["compile"] else "")
+        cells = [f"`{label}`", _si(out["params"]) if "params" in out else "-", tag]
+        for T in lens:
+            s = out["train"].get(T, {})
+            cells.append(_rate(s, 0))
+        if last:
+            s = out["train"].get(last, {})
+            cells.append(f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-")
+            cells.append(f"{s['peak_memory'] / 2**30:.2f} GiB" if "peak_memory" in s else "-")
+        if opts["generate"]:
+            g = out.get("generate") or {}
+            cells.append(_rate(g, 1))
+        ratios = out["vs_reference"]
+        parts = [f"{ratios[k]:.1f}x {k.replace('train@', 'train @')}" for k in ratios]
+        cells.append(", ".join(parts) if parts else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    peak = results["peak"]
+    notes = [
+        "",
+        "Peak matmul FLOP/s (best median of large square products, same threads, higher of before/after): "
+        + ", ".join(f"{dt} {_si(v)}FLOP/s" for dt, v in peak.items() if v),
+        "MFU = model FLOPs of a training step (megabyte.bench.flops; causal attention counts half) / median step "
+        "time / the peak of the row's dtype.",
+    ]
+    return "\n".join(lines + notes)

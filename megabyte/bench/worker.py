@@ -1,0 +1,172 @@
+"""One measurement in its own process: `python -m megabyte.bench.worker '<json spec>'`.
+
+Running every measurement in a fresh process gives each its own clean peak memory (the
+process's maximum resident set, or CUDA's peak allocation), isolates a crash or an out-of-memory
+failure to its own row, and caps memory with `RLIMIT_AS` so that a too-long sequence fails
+instead of pushing the shared machine into swap. The result is one JSON line on stdout,
+prefixed with `RESULT_MARK`.
+
+Tasks: `peak` (matrix-product FLOP/s), `train` (timed training steps of one row), `generate`
+(bytes/s of one row), `long` (one step of a long sequence, see `megabyte.bench.long`).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+RESULT_MARK = "BENCH-RESULT "
+
+
+def _setup(spec: dict[str, Any]):
+    limit = spec.get("mem_limit_gb")
+    if limit and spec.get("device", "cpu") == "cpu":
+        cap = int(limit * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    import torch
+
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    torch.manual_seed(spec.get("seed", 0))
+    return torch, torch.device(spec.get("device", "cpu"))
+
+
+def _sync(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(torch, device) -> int:
+    """Peak bytes: CUDA's peak allocation on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def timed(torch, device, fn, *, warmup: int, steps: int) -> dict[str, Any]:
+    """Run `fn` `warmup` times, then time it `steps` times (wall and process CPU seconds)."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    _sync(torch, device)
+    warm = time.perf_counter() - start
+    wall, cpu = [], []
+    for _ in range(steps):
+        _sync(torch, device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = float(out)
+        elif not isinstance(out, (int, float)):
+            out = None
+        _sync(torch, device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"warmup_s": warm, "times": wall, "cpu_times": cpu, "last": out}
+
+
+def task_peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """Best median FLOP/s of large square matrix products, per dtype."""
+    torch, device = _setup(spec)
+    sizes = spec.get("sizes") or ([8192, 16384] if device.type == "cuda" else [2048, 4096])
+    result: dict[str, Any] = {}
+    for name in spec.get("dtypes", ["bf16", "fp32"]):
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+        best, per_size = 0.0, {}
+        for n in sizes:
+            a = torch.randn(n, n, dtype=dtype, device=device)
+            b = torch.randn(n, n, dtype=dtype, device=device)
+            # Warm up for about a second: the first products run before the clocks and caches settle.
+            deadline = time.perf_counter() + spec.get("warmup_s", 1.0)
+            while time.perf_counter() < deadline:
+                a @ b
+            _sync(torch, device)
+            r = timed(torch, device, lambda a=a, b=b: a @ b, warmup=0, steps=spec.get("reps", 7))
+            flops = sorted(2 * n**3 / t for t in r["times"])
+            per_size[n] = flops[len(flops) // 2]
+            best = max(best, per_size[n])
+        result[name] = {"flops": best, "per_size": per_size}
+    return result
+
+
+def _row(spec: dict[str, Any], torch, device, max_seq_len: int):
+    from megabyte.bench.rows import RowSpec, Sizes, build_row
+
+    row_spec = RowSpec(**spec["row"])
+    sizes = Sizes.quick() if spec.get("quick") else Sizes()
+    return build_row(row_spec, sizes, max_seq_len, device)
+
+
+def task_train(spec: dict[str, Any]) -> dict[str, Any]:
+    torch, device = _setup(spec)
+    T, B = spec["seq_len"], spec.get("batch", 1)
+    row = _row(spec, torch, device, T)
+    flops = row.flops(B, T)
+    step = row.train_step_fn(B, T)
+    r = timed(torch, device, step, warmup=spec.get("warmup", 2), steps=spec.get("steps", 5))
+    r.update(params=row.params, flops=flops, bytes_per_step=B * T, peak_memory=peak_memory(torch, device))
+    return r
+
+
+def task_generate(spec: dict[str, Any]) -> dict[str, Any]:
+    torch, device = _setup(spec)
+    prompt_len, new = spec.get("prompt_bytes", 512), spec.get("new_bytes", 512)
+    name = spec["row"]["name"]
+    # megabyte-pytorch's generate always fills its whole length: build it for exactly prompt + new.
+    max_len = prompt_len + new if name == "megabyte-pytorch" else max(spec.get("max_seq_len", 0), prompt_len + new + 64)
+    row = _row(spec, torch, device, max_len)
+    g = torch.Generator().manual_seed(spec.get("seed", 0))
+    prompt = bytes(torch.randint(0, 256, (prompt_len,), generator=g).tolist())
+    warm = spec.get("warmup_bytes", 8) if name != "megabyte-pytorch" else 0
+    if warm:
+        row.generate(prompt, warm, seed=0)
+    counts: list[int] = []
+    r = timed(torch, device, lambda: counts.append(row.generate(prompt, new, seed=len(counts))),
+              warmup=0, steps=spec.get("repeats", 1))
+    r.update(params=row.params, new_bytes=counts, peak_memory=peak_memory(torch, device))
+    return r
+
+
+def task_long(spec: dict[str, Any]) -> dict[str, Any]:
+    from megabyte.bench.long import long_step
+
+    torch, device = _setup(spec)
+    return long_step(spec, torch, device)
+
+
+TASKS = {"peak": task_peak, "train": task_train, "generate": task_generate, "long": task_long}
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    """A failed measurement as a result: not installed, out of memory, or the error's first line."""
+    if type(exc).__name__ == "NotInstalled":
+        return {"error": "not installed", "not_installed": True, "detail": str(exc)}
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(
+        s in text for s in ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "std::bad_alloc")
+    ):
+        return {"error": "out of memory", "oom": True}
+    return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "traceback": traceback.format_exc()[-3000:]}
+
+
+def run_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement here; a failure becomes a result too (one row must not sink the run)."""
+    try:
+        return TASKS[spec["task"]](spec)
+    except Exception as exc:
+        return describe_error(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    result = run_task(json.loads(argv[0]))
+    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(RESULT_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
