@@ -74,6 +74,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                "eval_every": 250, "eval_bytes": 1 << 19, "log_every": 10, "save_every": 500},
     ),
     _preset(
+        "image-small", "CPU minutes on 32 x 32 RGB images (3,072 bytes): P=12 is one 2x2-pixel patch", ctx=3072,
+        megabyte={"patch_sizes": (12,), "dims": (384, 128), "depths": (4, 2)},
+        transformer={"dim": 384, "depth": 4},
+        perceiver={"dim": 384, "depth": 4, "num_latents": 512},
+        train={"batch_size": 4, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
+               "eval_every": 250, "eval_bytes": 1 << 18, "log_every": 10, "save_every": 500},
+    ),
+    _preset(
+        "audio-small", "CPU minutes on 16 kHz PCM: P=32 (16 samples), 4,096-byte context (0.128 s)", ctx=4096,
+        megabyte={"patch_sizes": (32,), "dims": (384, 128), "depths": (4, 2)},
+        transformer={"dim": 384, "depth": 4},
+        perceiver={"dim": 384, "depth": 4, "num_latents": 512},
+        train={"batch_size": 4, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
+               "eval_every": 250, "eval_bytes": 1 << 18, "log_every": 10, "save_every": 500},
+    ),
+    _preset(
         "medium", "one GPU for a few hours", ctx=8192,
         megabyte={"patch_sizes": (8,), "dims": (1024, 512), "depths": (12, 6)},
         transformer={"dim": 1024, "depth": 13},
