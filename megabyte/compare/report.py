@@ -75,7 +75,13 @@ def describe_machine(report: dict) -> str:
     precisions = sorted({r["train"]["precision"] for r in report["models"]})
     where = m.get("gpu") if any(d.startswith("cuda") for d in devices) and m.get("gpu") else \
         f"{m['cpu']}, {m['torch_threads']} PyTorch threads"
-    return f"{', '.join(devices)} ({where}); {'/'.join(precisions)}; PyTorch {m['torch']}"
+    text = f"{', '.join(devices)} ({where}); {'/'.join(precisions)}; PyTorch {m['torch']}"
+    loads = [m.get("load_average")] + [r["train"].get("load_average_after") for r in report["models"]]
+    loads = [x for x in loads if x is not None]
+    if loads and m.get("cpu_count"):
+        text += (f"; load average {min(loads):.1f} to {max(loads):.1f} on {m['cpu_count']} CPUs during the runs"
+                 + (" (shared with other jobs: wall-clock numbers are noisy)" if max(loads) > m["cpu_count"] else ""))
+    return text
 
 
 # ------------------------------------------------------------------------------------ curves

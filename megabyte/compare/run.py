@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 import warnings
@@ -318,6 +319,14 @@ def read_curve(run_dir: str | Path, flops_per_step: int) -> list[dict]:
             for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("val_bpb") is not None]
 
 
+def _load() -> float | None:
+    """The 1-minute load average: how busy the machine was (other jobs slow wall-clock budgets)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
@@ -330,8 +339,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "load_average": _load()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -441,6 +451,7 @@ def _compare(data_dir, out_dir, *, models, budget, flops, preset, vocab_size, ev
         else:
             summary = train(entry.train_config, entry.model_config, data.directory, run_dir, preset=preset,
                             progress=progress)
+        summary["load_average"] = _load()
         say(f"{entry.name}: scoring the validation split")
         scores = evaluate_entry(entry, summary, data, tokens=tokens, eval_bytes=eval_bytes)
         prompt = bytes(val[: min(64, max(1, preset_obj.models["transformer"]["max_seq_len"] // 4))])  # the same for all
@@ -494,7 +505,7 @@ def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> d
             "lr": cfg.lr, "warmup": cfg.warmup, "eval_every": cfg.eval_every, "max_steps": cfg.max_steps,
             "max_time": cfg.max_time, "step_seconds_probe": entry.step_seconds,
             "stop_reason": summary["stop_reason"], "device": summary["device"], "precision": summary["precision"],
-            "final_val_bpb": summary["val_bpb"],
+            "final_val_bpb": summary["val_bpb"], "load_average_after": summary.get("load_average"),
         },
         "eval": scores, "generation": speed, "curve": read_curve(summary["run_dir"], entry.flops_per_step),
         "run_dir": summary["run_dir"], "notes": entry.notes,
