@@ -8,10 +8,17 @@ Examples::
     megabyte train --data data/text --out runs/gpu --preset medium --device cuda train.compile=true
     megabyte train --out runs/small --resume --max-steps 4000                     # continue a run
     megabyte train --list-presets
+    torchrun --nproc_per_node 8 -m megabyte train --data data/text --out runs/m --preset medium   # DDP, 8 GPUs
+    torchrun --nproc_per_node 8 -m megabyte train --data data/text --out runs/m --preset medium --parallel fsdp
 
 Settings come from the preset, then a TOML file (--config), then `model.FIELD=VALUE` /
 `train.FIELD=VALUE` overrides, then the flags. With --resume they start from the run's saved
-configuration instead, and only the budget, cadence and device may change.
+configuration instead, and only the budget, cadence, device and parallelism may change.
+
+Under torchrun (one process per GPU, or several on a CPU) the same command trains with DDP, or
+FSDP2 with --parallel fsdp. The global batch (batch_size x grad_accum sequences per step) stays
+the same whatever the number of processes, so a run resumes on any number of them. See
+docs/distributed.md for multi-node and SLURM launches.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ EPILOG = """examples:
   megabyte train --data data/text --out runs/m --preset medium --device cuda train.compile=true   one GPU
   megabyte train --out runs/small --resume --max-steps 4000                continue a run exactly
   megabyte train --list-presets                                            presets with parameter counts
+  torchrun --nproc_per_node 4 -m megabyte train --data data/text --out runs/m --preset medium   4 GPUs, DDP
+  torchrun --nproc_per_node 4 -m megabyte train ... --parallel fsdp        FSDP2: shard a model too big for one GPU
 
 overrides: model.FIELD=VALUE and train.FIELD=VALUE, e.g. model.dims=512,256 train.batch_size=16
-  train.grad_accum=4 train.precision=fp32 train.decay_steps=4000 train.dropout=0.1
+  train.grad_accum=4 train.precision=fp32 train.decay_steps=4000 train.dropout=0.1 train.dist_timeout=10m
+batch: batch_size x grad_accum sequences make one optimizer step over all processes (torchrun); each
+  of W processes runs 1/W of them, in micro-batches of at most batch_size sequences
 run directory: RUN/train_config.json, RUN/metrics.jsonl, RUN/loss.png, RUN/latest,
   RUN/checkpoints/step-NNNNNNNN/ (megabyte.load(RUN) loads the latest model)
 """
@@ -58,11 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--eval-every", type=int, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
-    p.add_argument("--batch-size", type=int, metavar="B", help="sequences per micro-batch")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="sequences per micro-batch; B x grad_accum make the global batch of a step")
     p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, data order and dropout")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
     p.add_argument("--compile", action="store_true", default=None, help="compile the model with torch.compile")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"),
+                   help="under torchrun: ddp (replicas, the default) or fsdp (FSDP2 shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-presets", action="store_true", help="list the presets with parameter counts and exit")
     p.set_defaults(func=run)
@@ -70,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _FLAGS = {"max_steps": "max_steps", "max_time": "max_time", "save_every": "save_every", "eval_every": "eval_every",
           "lr": "lr", "batch_size": "batch_size", "seed": "seed", "device": "device", "precision": "precision",
-          "compile": "compile"}
+          "compile": "compile", "parallel": "parallel"}
 
 
 def run(args: argparse.Namespace) -> int:

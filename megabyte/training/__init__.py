@@ -7,8 +7,9 @@
     more = TrainConfig(**{**preset.train, "max_steps": 4000})
     train(more, preset.model_config("megabyte"), "data/text", "runs/small", resume=True)
 
-Modules: `config` (TrainConfig, overrides, TOML), `presets`, `runtime` (device, precision),
-`optim` (AdamW, schedule), `loop` (Trainer, train), `checkpoint`, `run` (run directory), `metrics`.
+Modules: `config` (TrainConfig, overrides, TOML), `presets`, `runtime` (device, precision, the
+torchrun process group), `parallel` (DDP, FSDP2, gathered state), `optim` (AdamW, schedule), `loop`
+(Trainer, train), `checkpoint`, `run` (run directory), `metrics`.
 Names are imported on first use, so the command line starts without loading PyTorch.
 """
 

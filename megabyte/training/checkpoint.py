@@ -197,42 +197,63 @@ def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple
     """
     names = _param_names(optimizer, model)
     sd = optimizer.state_dict()
+    return split_optimizer_state({
+        "state": {names[index]: entry for index, entry in sd["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]],
+    })
+
+
+def split_optimizer_state(named: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict keyed by parameter name (`{"state": {NAME: {KEY: value}},
+    "param_groups": [{..., "params": [NAME, ...]}]}`, as `optimizer_state` builds it and as
+    `torch.distributed.checkpoint.state_dict` gathers it from shards) -> tensors + JSON-safe rest."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in sd["state"].items():
-        name = names[index]
+    for name, entry in named["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{name}/{key}"] = value
             else:
                 scalars.setdefault(name, {})[key] = value
-    groups = [{**{k: _jsonable(v) for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]}
-              for g in sd["param_groups"]]
+    groups = [{**{k: _jsonable(v) for k, v in g.items() if k != "params"}, "params": list(g["params"])}
+              for g in named["param_groups"]]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, torch.Tensor],
-                         meta: dict, source: str) -> None:
-    """Inverse of `optimizer_state`; MegabyteError if it belongs to different parameters."""
-    names = _param_names(optimizer, model)
-    index = {name: i for i, name in enumerate(names)}
+def named_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                          source: str) -> dict[str, Any]:
+    """Inverse of `split_optimizer_state`, for `optimizer` (whose implementation flags are kept)."""
     try:
         saved_groups = meta["param_groups"]
         if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
             raise KeyError("param_groups")
         groups = []
         for saved, current in zip(saved_groups, optimizer.param_groups):
-            group = {**saved, "params": [index[n] for n in saved["params"]]}
+            group = {**saved, "params": list(saved["params"])}
             for key in ("fused", "foreach", "capturable", "differentiable"):  # how, not what: keep ours
                 if key in current:
                     group[key] = current[key]
             groups.append(group)
-        state: dict[int, dict[str, Any]] = {}
+        state: dict[str, dict[str, Any]] = {}
         for key, value in tensors.items():
             name, _, field = key.rpartition("/")
-            state.setdefault(index[name], {})[field] = value
+            state.setdefault(name, {})[field] = value
         for name, values in meta.get("scalars", {}).items():
-            state.setdefault(index[name], {}).update(values)
+            state.setdefault(name, {}).update(values)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MegabyteError(f"{source}: optimizer state does not match the model ({exc!r})") from None
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, torch.Tensor],
+                         meta: dict, source: str) -> None:
+    """Inverse of `optimizer_state`; MegabyteError if it belongs to different parameters."""
+    named = named_optimizer_state(optimizer, tensors, meta, source)
+    index = {name: i for i, name in enumerate(_param_names(optimizer, model))}
+    try:
+        # load_state_dict pairs saved and current parameters by position: list them in our order.
+        groups = [{**g, "params": sorted(index[n] for n in g["params"])} for g in named["param_groups"]]
+        state = {index[name]: entry for name, entry in named["state"].items()}
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise MegabyteError(f"{source}: optimizer state does not match the model ({exc!r})") from None

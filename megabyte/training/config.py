@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,10 +21,13 @@ from megabyte.model.base import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DECAYS = ("cosine", "linear", "constant")
+PARALLELS = ("ddp", "fsdp")
+DURATIONS = ("max_time", "dist_timeout")
+"""Fields read as durations: seconds, or "90s", "10m", "1h30m"."""
 
 RESUMABLE = frozenset({
     "max_steps", "max_time", "eval_every", "eval_bytes", "log_every", "save_every", "keep_last",
-    "compile", "device", "precision",
+    "compile", "device", "precision", "parallel", "dist_timeout",
 })
 """Fields that may change when a run is resumed: they say how long to run, how often to
 evaluate and save, and where; the others define the trajectory and must stay as saved."""
@@ -33,16 +37,20 @@ evaluate and save, and where; the others define the trajectory and must stay as 
 class TrainConfig:
     """How to train: data windows, optimizer, schedule, budget, evaluation and checkpoints.
 
-    `batch_size * grad_accum * seq_len` bytes make one optimizer step (per process).
+    `batch_size * grad_accum` sequences of `seq_len` bytes make one optimizer step: the global
+    batch, the same whatever the number of processes (see `process_batches`).
     """
 
     seq_len: int | None = None
     """Bytes per training sequence. Default: the model's max_seq_len, or one image (the
     dataset's item_len) for image data. Must not exceed the model's max_seq_len."""
     batch_size: int = 8
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch: at most this many go through one forward pass of one process.
+    The global batch of an optimizer step is batch_size * grad_accum sequences over all processes,
+    whatever their number: each of W processes takes 1/W of it (see `process_batches`)."""
     grad_accum: int = 1
-    """Micro-batches whose gradients are summed into one optimizer step."""
+    """Micro-batches whose gradients are summed into one optimizer step (with one process; with
+    W processes each runs batch_size * grad_accum / W sequences, in as few micro-batches as fit)."""
     lr: float = 3e-4
     """Peak learning rate (AdamW), reached at the end of the warm-up."""
     min_lr: float = 3e-5
@@ -88,11 +96,20 @@ class TrainConfig:
     compile: bool = False
     """Compile the model with torch.compile (faster steps after a slow first one)."""
     device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps. Under torchrun, auto and cuda
+    mean cuda:LOCAL_RANK."""
+    parallel: str = "ddp"
+    """How processes started by torchrun share the model: ddp (a replica on each, gradients
+    averaged) or fsdp (FSDP2: every transformer block, then the rest, sharded over the processes,
+    for models that do not fit one device). Ignored by a single process."""
+    dist_timeout: float = 600.0
+    """Seconds a process waits for the others in a collective operation before the job fails
+    (a rank that died or hangs then ends the run instead of stalling it)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_time, str):
-            self.max_time = parse_duration(self.max_time, "train.max_time")
+        for name in DURATIONS:
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, parse_duration(getattr(self, name), f"train.{name}"))
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         for name in ("batch_size", "grad_accum", "log_every"):
@@ -125,6 +142,30 @@ class TrainConfig:
                  f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _require(isinstance(self.device, str) and bool(self.device), "device", "must be a device name")
+        _require(self.parallel in PARALLELS, "parallel",
+                 f"must be one of {', '.join(PARALLELS)}, got {self.parallel!r}")
+        _require(not (self.compile and self.parallel == "fsdp"), "compile",
+                 "train.compile=true is not supported with train.parallel=fsdp; use ddp or drop compile")
+        _require(_is_number(self.dist_timeout) and self.dist_timeout > 0, "dist_timeout",
+                 f"must be > 0 seconds, got {self.dist_timeout!r}")
+
+    def process_batches(self, world_size: int) -> tuple[int, int]:
+        """(micro_batch, micro_steps) of one of `world_size` processes in one optimizer step.
+
+        The world runs the global batch of batch_size * grad_accum sequences: each process its
+        1/world_size share, in micro_steps micro-batches of micro_batch <= batch_size sequences,
+        the fewest that fit. With batch_size=8: grad_accum=1 on 2 processes -> (4, 1); grad_accum=4
+        on 2 -> (8, 2); grad_accum=3 on 2 -> (6, 2); grad_accum=1 on 8 -> (1, 1).
+        """
+        total = self.batch_size * self.grad_accum
+        if world_size < 1 or total % world_size:
+            raise ConfigError(
+                f"train.batch_size x train.grad_accum = {total} sequences per step cannot be shared evenly by "
+                f"{world_size} processes: make it a multiple of {world_size} (e.g. train.grad_accum="
+                f"{world_size // math.gcd(world_size, self.batch_size)})")
+        share = total // world_size
+        micro = max(d for d in range(1, min(self.batch_size, share) + 1) if share % d == 0)
+        return micro, share // micro
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -186,8 +227,8 @@ def field_names(cls: type) -> list[str]:
 
 def parse_value(cls: type, name: str, text: str) -> Any:
     """Convert the string `text` to the type of dataclass field `cls.name` (e.g. "512,256" -> (512, 256))."""
-    if name == "max_time":
-        return None if text.strip().lower() in ("none", "null") else parse_duration(text, "train.max_time")
+    if name in DURATIONS:
+        return None if text.strip().lower() in ("none", "null") else parse_duration(text, f"train.{name}")
     hint = typing.get_type_hints(cls)[name]
     try:
         return _convert(hint, text.strip())

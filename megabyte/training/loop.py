@@ -7,11 +7,18 @@
 
 `train(train_config, model_config, data_dir, out_dir, resume=False)` builds a Trainer from configs
 (fresh, or from RUN's latest checkpoint) and runs it; it is what `megabyte train` calls.
+
+Under torchrun every process runs the same loop on its own share of each step's global batch
+(`TrainConfig.process_batches`): the same windows of the data stream, the same gradient (averaged
+by DDP or FSDP2), the same step whatever the number of processes. Every decision that could
+differ between processes (stop now? which learning rate, when the schedule follows the clock?)
+is agreed on collectively, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,7 @@ from megabyte.training.config import TrainConfig
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
 from megabyte.training.optim import build_optimizer, lr_at
 from megabyte.training.run import check_resumable, prepare_fresh_run, resolve_lengths, write_run_config
-from megabyte.training.runtime import Runtime, init_runtime
+from megabyte.training.runtime import Runtime, init_distributed
 
 
 @dataclass
@@ -57,13 +64,18 @@ class Trainer:
         self.cfg, self.model_config, self.data, self.runtime = cfg, model_config, data, runtime
         self.run_dir, self.preset, self.show_progress = Path(run_dir), preset, progress
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        self.model = build_model(model_config).to(runtime.device).train()
-        torch.manual_seed(cfg.seed * 7919 + runtime.rank + 1)  # dropout: a stream per process
+        self.model = build_model(model_config).train()  # on the CPU: `runtime.wrap` places it
+        torch.manual_seed(dropout_seed(cfg.seed, runtime.rank))  # dropout: a stream per process
         if cfg.compile:
             self.model.compile()
-        self.network = runtime.wrap(self.model)  # what training steps call; self.model is what is saved
+        # What training steps call: self.model on the device, DDP around it, or self.model itself
+        # sharded in place (FSDP2, block by block, so that the device never holds the whole model);
+        # self.model is what is evaluated and saved. The optimizer comes after the sharding.
+        self.network = runtime.wrap(self.model)
         self.optimizer = build_optimizer(self.model, cfg, runtime.device)
-        self.sampler = BatchSampler(data.split("train"), cfg.seq_len, cfg.batch_size, seed=cfg.seed,
+        # This process's share of each step: micro_steps micro-batches of micro_batch sequences.
+        self.micro_batch, self.micro_steps = cfg.process_batches(runtime.world_size)
+        self.sampler = BatchSampler(data.split("train"), cfg.seq_len, self.micro_batch, seed=cfg.seed,
                                     rank=runtime.rank, world_size=runtime.world_size, item_len=data.item_len)
         self.val = data.split("val")
         self.state = RunState()
@@ -76,14 +88,16 @@ class Trainer:
         self.last_rate = 0.0  # training bytes/s of the latest metrics record
         self._clock_start = time.monotonic()
         self._elapsed_at_start = 0.0
+        self._agreed_elapsed = 0.0  # elapsed() as all processes agreed at the last stop decision
         self._session = {"bytes": 0, "train_time": 0.0}
         self._reset_interval()
 
     # ------------------------------------------------------------------ bookkeeping
     @property
     def bytes_per_step(self) -> int:
+        """Training bytes of one optimizer step over all processes (the global batch)."""
         cfg = self.cfg
-        return cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.runtime.world_size
+        return cfg.batch_size * cfg.grad_accum * cfg.seq_len
 
     def elapsed(self) -> float:
         return self._elapsed_at_start + time.monotonic() - self._clock_start
@@ -93,29 +107,45 @@ class Trainer:
         self._interval = {"bytes": 0, "steps": 0, "train_time": 0.0}
 
     def stop_reason(self) -> str | None:
+        """Why to stop now (None: go on). The same answer on every process: clocks and stop
+        requests (signals) differ between processes, so they agree on the latest clock and on
+        stopping if any of them was asked to."""
         cfg = self.cfg
-        if self.stop_requested:
-            return self.stop_requested
+        elapsed, requested = self.elapsed(), self.stop_requested
+        if self.runtime.distributed:  # a collective: every process calls stop_reason equally often
+            elapsed, code = self.runtime.max([elapsed, _request_code(requested)])
+            requested = requested or _request_reason(int(code))
+        self._agreed_elapsed = elapsed
+        if requested:
+            return requested
         if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.max_time is not None and self.elapsed() >= cfg.max_time:
+        if cfg.max_time is not None and elapsed >= cfg.max_time:
             return "max_time"
         return None
 
+    def _schedule_clock(self) -> float:
+        """Elapsed seconds for the learning-rate schedule: agreed on by all processes."""
+        return self._agreed_elapsed if self.runtime.distributed else self.elapsed()
+
     # ------------------------------------------------------------------ the three parts
     def train_step(self) -> None:
-        """One optimizer step: `grad_accum` micro-batches, clipped, AdamW at the scheduled lr."""
+        """One optimizer step: this process's micro-batches of the global batch, gradients
+        averaged over processes, clipped, AdamW at the scheduled lr."""
         cfg, runtime = self.cfg, self.runtime
         start = time.monotonic()
-        lr = lr_at(cfg, self.state.step, self.elapsed())
+        lr = lr_at(cfg, self.state.step, self._schedule_clock())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        step_bytes = cfg.batch_size * cfg.grad_accum * cfg.seq_len  # predictions in this process's step
-        for _ in range(cfg.grad_accum):
+        step_bytes = self.micro_batch * self.micro_steps * cfg.seq_len  # predictions in this process's step
+        for i in range(self.micro_steps):
             x = self.sampler.next_batch().to(runtime.device, non_blocking=True)  # (B, T)
-            with runtime.autocast():
+            # Gradients are averaged over processes once per step, after the last micro-batch.
+            with runtime.gradient_sync(self.network, i == self.micro_steps - 1), runtime.autocast():
                 loss = byte_loss(self.network(x), x)
-            (loss.nats / step_bytes).backward()  # mean over the whole step, not per micro-batch
+            # The mean over this process's step; averaging over the (equal) processes gives the
+            # mean over the global batch, as one process running all of it would compute.
+            (loss.nats / step_bytes).backward()
             self._nats += loss.nats.detach()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
@@ -133,7 +163,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation bpb over `eval_bytes` of the val split (None when the split is empty)."""
+        """Validation bpb over `eval_bytes` of the val split (None when the split is empty).
+
+        Rank r of W scores windows r, r+W, ...; nats and bytes are summed over ranks before
+        dividing. Every rank runs the same number of forward passes (a sharded forward is a
+        collective): one with fewer windows runs its last batches on a window it does not score.
+        """
         cfg, runtime = self.cfg, self.runtime
         starts, length = validation_windows(len(self.val), cfg.seq_len, cfg.eval_bytes, self.data.item_len or 1)
         if not len(starts):
@@ -141,13 +176,16 @@ class Trainer:
         self.model.eval()
         nats, count = 0.0, 0
         mine = starts[runtime.rank :: runtime.world_size]
-        for i in range(0, len(mine), cfg.batch_size):
-            rows = np.stack([np.asarray(self.val[s : s + length]) for s in mine[i : i + cfg.batch_size]])
+        most = -(-len(starts) // runtime.world_size)  # windows of the busiest rank
+        for i in range(0, most, cfg.batch_size):
+            chunk = mine[i : i + cfg.batch_size]
+            rows = np.stack([np.asarray(self.val[s : s + length]) for s in (chunk if len(chunk) else starts[:1])])
             x = torch.from_numpy(rows.astype(np.int64)).to(runtime.device)  # (B, T)
             with runtime.autocast():
                 loss = byte_loss(self.model(x), x)
-            nats += float(loss.nats)
-            count += loss.bytes
+            if len(chunk):
+                nats += float(loss.nats)
+                count += loss.bytes
         self.model.train()
         nats, count = runtime.sum([nats, count])
         bpb = nats / (LN2 * count)
@@ -155,18 +193,32 @@ class Trainer:
         return bpb
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (main process only)."""
-        path = None
-        if self.runtime.is_main:
+        """Write a checkpoint of the current step (the main process writes; under FSDP2 every
+        process first sends its shards to it, so call it on every process)."""
+        runtime = self.runtime
+        model = self.model
+        if runtime.sharded:  # gather the full weights and optimizer state onto rank 0's CPU
+            from megabyte.training.parallel import gather_state
+
+            weights, named = gather_state(self.model, self.optimizer)
+            if runtime.is_main:
+                model = build_model(self.model_config)  # a plain copy, saved exactly as one process saves
+                model.load_state_dict(weights)
+                tensors, optimizer_meta = ckpt.split_optimizer_state(named)
+            del weights, named
+        elif runtime.is_main:
             tensors, optimizer_meta = ckpt.optimizer_state(self.optimizer, self.model)
+        rng = runtime.gather_objects(ckpt.rng_state())  # dropout streams of every process
+        path = None
+        if runtime.is_main:
             path = ckpt.save_checkpoint(
-                self.run_dir, self.state.step, model=self.model, trainer_state=self._trainer_state(optimizer_meta),
+                self.run_dir, self.state.step, model=model, trainer_state=self._trainer_state(optimizer_meta, rng),
                 optimizer_tensors=tensors, data_meta=self.data.meta, keep_last=self.cfg.keep_last,
             )
         self.saved_step = self.state.step
         return path
 
-    def _trainer_state(self, optimizer_meta: dict) -> dict[str, Any]:
+    def _trainer_state(self, optimizer_meta: dict, rng: list[dict] | None = None) -> dict[str, Any]:
         s = self.state
         return {
             "format": ckpt.STATE_FORMAT,
@@ -184,18 +236,37 @@ class Trainer:
             "data_dir": str(self.data.directory.resolve()),
             "train_config": self.cfg.to_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rng[0] if rng else ckpt.rng_state(),
+            **({"rng_ranks": rng} if rng and len(rng) > 1 else {}),  # every process's, by rank
+            "world_size": self.runtime.world_size,
             "optimizer": optimizer_meta,
         }
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`: weights, optimizer, data position, RNG states, counters."""
         state = ckpt.read_trainer_state(checkpoint)
-        load_weights(self.model, checkpoint / WEIGHTS)
-        ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint),
-                                  state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
-        self.sampler.load_state_dict(state["sampler"])
-        ckpt.set_rng_state(state["rng"])
+        if self.runtime.sharded:  # rank 0 reads the full state; every rank loads its shards
+            from megabyte.training.parallel import scatter_state
+
+            weights: dict[str, Any] = {}
+            named: dict[str, Any] = {}
+            if self.runtime.is_main:
+                full = build_model(self.model_config)
+                load_weights(full, checkpoint / WEIGHTS)
+                weights = full.state_dict()
+                named = ckpt.named_optimizer_state(self.optimizer, ckpt.read_optimizer_tensors(checkpoint),
+                                                   state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
+            scatter_state(self.model, self.optimizer, weights, named)
+        else:  # one process, or DDP: every replica loads the same file
+            load_weights(self.model, checkpoint / WEIGHTS)
+            ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint),
+                                      state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
+        self.sampler.load_state_dict(state["sampler"])  # the global stream: any world size continues it
+        rank, saved = self.runtime.rank, state.get("rng_ranks") or [state["rng"]]
+        if rank < len(saved):
+            ckpt.set_rng_state(saved[rank])
+        else:  # more processes than saved: a fresh dropout stream of its own
+            torch.manual_seed(dropout_seed(self.cfg.seed, rank, int(state["step"])))
         self.state = RunState(step=int(state["step"]), bytes_seen=int(state["bytes_seen"]),
                               elapsed=float(state["elapsed"]), val_bpb=state.get("val_bpb"),
                               val_step=state.get("val_step"))
@@ -256,6 +327,9 @@ class Trainer:
             f"{human(len(self.sampler.data))} train / {human(len(self.val))} val bytes")
         say(f"{cfg.batch_size} x {cfg.grad_accum} x {cfg.seq_len} bytes per step; budget {budget}; "
             f"run directory {self.run_dir}")
+        if rt.distributed:
+            say(f"{rt.world_size} processes ({rt.parallel}), each {self.micro_steps} x {self.micro_batch} "
+                f"x {cfg.seq_len} bytes per step")
         if self.resumed_from is not None:
             say(f"resuming from step {self.state.step} ({self.resumed_from.relative_to(self.run_dir.resolve())})")
 
@@ -318,6 +392,28 @@ class Trainer:
         }
 
 
+def _request_code(reason: str | None) -> int:
+    """A stop request as a number that processes can agree on by maximum (a signal: 1000 + its number)."""
+    if not reason:
+        return 0
+    try:
+        return 1000 + int(signal.Signals[reason])
+    except KeyError:
+        return 1
+
+
+def _request_reason(code: int) -> str | None:
+    """The stop reason another process's `_request_code` stands for ("SIGTERM", ...)."""
+    if code >= 1000:
+        return signal.Signals(code - 1000).name
+    return "stop requested by another process" if code else None
+
+
+def dropout_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of process `rank`'s dropout stream (a fresh one at `step` when resuming without a saved one)."""
+    return (seed * 7919 + rank + 1) + step * 1_000_003
+
+
 def validation_windows(n: int, seq_len: int, max_bytes: int, unit: int = 1) -> tuple[np.ndarray, int]:
     """Start offsets and length of the validation windows: evenly spaced over the split, not
     overlapping, at multiples of `unit` (whole images), at most `max_bytes` in all (0: no limit)."""
@@ -351,16 +447,21 @@ def train(
     train_config, model_config = resolve_lengths(train_config, model_config, data)
     out_dir = Path(out_dir)
     checkpoint = check_resumable(out_dir, train_config, model_config, data) if resume else None
-    if not resume:
-        prepare_fresh_run(out_dir)
-    runtime = init_runtime(train_config.device, train_config.precision)
-    trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    if runtime.is_main:
-        ckpt.remove_stale_temporaries(out_dir)
-        write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
-    return trainer.fit()
+    runtime = init_distributed(train_config.device, train_config.precision, parallel=train_config.parallel,
+                               timeout=train_config.dist_timeout)
+    try:
+        train_config.process_batches(runtime.world_size)  # a clear error before any work
+        if not resume and runtime.is_main:
+            prepare_fresh_run(out_dir)
+        trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        if runtime.is_main:
+            ckpt.remove_stale_temporaries(out_dir)
+            write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
+        return trainer.fit()
+    finally:
+        runtime.close()
 
 
 def resolved_configs(train_config: TrainConfig, model_config, data_dir) -> tuple[TrainConfig, Any]:

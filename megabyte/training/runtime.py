@@ -1,20 +1,38 @@
-"""Where the run executes: device, precision, and the process's place in a (future) group.
+"""Where the run executes: device, precision, and the process's place in its group.
 
-A single process today: rank 0 of 1. `Runtime` is the one object the training loop asks for
-its rank, its device, whether it may write files, and how to sum numbers across processes, so
-that distributed training (torchrun: DDP, FSDP2) only has to fill these in.
+`Runtime` is the one object the training loop asks for its rank, its device, whether it may
+write files, how to wrap the model for data parallelism and how to combine numbers across
+processes. `init_distributed` builds it, for one process or for one of many started by torchrun:
+
+    torchrun --nproc_per_node 4 -m megabyte train ...   # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_* set
+
+    runtime = init_distributed("auto", "auto", parallel="ddp", timeout=600)
+    network = runtime.wrap(model)        # DDP, FSDP2 (megabyte.training.parallel), or the model itself
+    nats, count = runtime.sum([nats, count])
+    runtime.close()
+
+Without torchrun's environment it is rank 0 of 1 and joins no group. Under torchrun the device
+follows the local rank (cuda:LOCAL_RANK, or the CPU) and the backend follows the device: NCCL
+for CUDA tensors, with gloo beside it for the few small CPU messages (stop decisions, sums of
+Python numbers); gloo alone on CPUs. Every collective fails after `timeout` seconds, so a rank
+that dies or hangs ends the job (torchrun then stops the others) instead of stalling it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from megabyte.errors import MegabyteError
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass
@@ -24,11 +42,22 @@ class Runtime:
     """"bf16" (autocast to bfloat16, fp32 master weights) or "fp32"."""
     rank: int = 0
     world_size: int = 1
+    parallel: str = "ddp"
+    """"ddp" or "fsdp": how `wrap` spreads the model over the processes (when distributed)."""
+    distributed: bool = False
+    """Whether this process belongs to a torch.distributed process group (torchrun)."""
+    owns_group: bool = False
+    """Whether `close` should destroy the group (we created it, not the caller)."""
 
     @property
     def is_main(self) -> bool:
         """Only the main process writes files (metrics, plots, checkpoints)."""
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters and optimizer state are split over the processes (FSDP2)."""
+        return self.distributed and self.parallel == "fsdp"
 
     def autocast(self):
         """The context in which forward passes run."""
@@ -37,17 +66,123 @@ class Runtime:
         return contextlib.nullcontext()
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module training steps run (a data-parallel wrapper would go here)."""
-        return model
+        """Place `model` on the device and return the module training steps run: `model` itself
+        for one process, DDP around it, or `model` sharded in place by FSDP2, which moves one
+        block at a time to the device (build the optimizer after this)."""
+        if self.sharded:
+            from megabyte.training import parallel
+
+            return parallel.apply_fsdp(model, self.device, self.world_size)
+        model.to(self.device)
+        if not self.distributed:
+            return model
+        from megabyte.training import parallel
+
+        return parallel.apply_ddp(model, self.device)
+
+    def gradient_sync(self, network: torch.nn.Module, enabled: bool):
+        """Context for one micro-batch's forward and backward: `enabled=False` keeps the gradients
+        local (accumulating), True averages them over the processes (the last micro-batch)."""
+        if self.sharded:
+            network.set_requires_gradient_sync(enabled)  # FSDP2: skip the reduce-scatter, keep unsharded grads
+            return contextlib.nullcontext()
+        if self.distributed and not enabled:
+            return network.no_sync()  # DDP: skip the all-reduce
+        return contextlib.nullcontext()
 
     def sum(self, values: list[float]) -> list[float]:
-        """Sum numbers over all processes (identity for one process)."""
-        return list(values)
+        """Sum numbers over all processes (identity for one process). A collective."""
+        return self._reduce(values, "sum")
+
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over all processes (identity for one process). A collective."""
+        return self._reduce(values, "max")
+
+    def _reduce(self, values: list[float], op: str) -> list[float]:
+        if not self.distributed:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        # CPU float64: exact for byte counts below 2**53; goes through gloo even beside NCCL.
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """`obj` of every process, by rank (a one-element list for one process). A collective."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        """Leave the process group if `init_distributed` created it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
 
 
 def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """A single process: rank 0 of 1."""
     resolved = resolve_device(device)
     return Runtime(device=resolved, precision=resolve_precision(precision, resolved))
+
+
+def launched_by_torchrun(env: dict[str, str] | None = None) -> bool:
+    """Whether the environment holds a process-group rendezvous (torchrun, or the same by hand)."""
+    env = os.environ if env is None else env
+    return all(name in env for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init_distributed(device: str = "auto", precision: str = "auto", *, parallel: str = "ddp",
+                     timeout: float = 600.0) -> Runtime:
+    """The runtime of this process: rank 0 of 1, or, under torchrun, its place in the group it joins.
+
+    Joins the default process group (unless the caller already has), with `timeout` seconds for
+    every collective. NCCL (plus gloo for CPU tensors) when the device is CUDA, gloo otherwise.
+    """
+    if not launched_by_torchrun():
+        return init_runtime(device, precision)
+    import torch.distributed as dist
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_distributed_device(device, local_rank)
+    owns = not dist.is_initialized()
+    if owns:
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        backend = "cpu:gloo,cuda:nccl" if resolved.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        except (RuntimeError, ValueError) as exc:  # DistStoreError is a RuntimeError
+            raise MegabyteError(f"rank {rank} of {world_size}: cannot join the process group at "
+                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({exc})") from None
+    elif dist.get_world_size() != world_size or dist.get_rank() != rank:
+        raise MegabyteError(f"the existing process group (rank {dist.get_rank()} of {dist.get_world_size()}) "
+                            f"disagrees with RANK={rank} WORLD_SIZE={world_size}")
+    return Runtime(device=resolved, precision=resolve_precision(precision, resolved), rank=rank,
+                   world_size=world_size, parallel=parallel, distributed=True, owns_group=owns)
+
+
+def resolve_distributed_device(name: str, local_rank: int) -> torch.device:
+    """The device of local rank `local_rank`: "auto" and "cuda" mean cuda:LOCAL_RANK when CUDA is there."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise MegabyteError(f"LOCAL_RANK {local_rank} but this machine has {count} GPU(s): start at most "
+                                f"{count} processes per node (torchrun --nproc_per_node {count})")
+        return torch.device("cuda", local_rank)
+    device = resolve_device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise MegabyteError(f"train.device: distributed training runs on cuda or cpu, not {device.type}")
+    return device
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,83 @@
+"""Data parallelism for the training loop, kept out of the model: DDP replicas, FSDP2 shards,
+and the full (gathered) state that a checkpoint holds whichever of them trained it.
+
+    network = apply_ddp(model, device)               # a replica per process, gradients averaged
+    model = apply_fsdp(model, device, world_size)    # in place: every block, then the root, sharded
+    weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
+    scatter_state(model, optimizer, weights, optim)  # rank 0's full state, sharded onto every rank
+
+FSDP2 (`fully_shard`) gives every transformer block its own group: a block's weights are
+all-gathered just before it runs and freed after it, and its gradients reduce-scattered as soon
+as its backward is done. The root group (embeddings, stage links, final norms, the output head
+and any tied weights) is sharded last. A sharded forward is a collective: every rank must run
+the same number of them (the trainer's evaluation pads its batches for this).
+
+Checkpoints stay one safetensors file whatever the world size: the state is gathered to rank 0
+in full (`torch.distributed.checkpoint.state_dict`, on the CPU) and saved as a single process
+would save it, so a run saved by N processes resumes on M.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every block of every transformer stack: each MEGABYTE stage's, the Transformer's,
+    PerceiverAR's cross-attention and latent stacks'."""
+    from megabyte.model.layers import TransformerStack
+
+    return [block for module in model.modules() if isinstance(module, TransformerStack) for block in module.blocks]
+
+
+def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `model` (rank 0's weights are broadcast to all)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """Shard `model` (built on the CPU) in place with FSDP2 over all `world_size` processes: each
+    transformer block, then the root. `fully_shard` moves a group to `device` as it shards it, so
+    the device holds one block in full at most. Returns `model` (its parameters are now DTensors:
+    build the optimizer after this)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full model and optimizer state dicts, keyed by parameter name, as CPU tensors on rank 0
+    (empty on the other ranks). A collective: call it on every rank."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def scatter_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any],
+                  optim: dict[str, Any]) -> None:
+    """Load full state dicts given on rank 0 (the other ranks pass empty dicts) into the sharded
+    `model` and `optimizer` of every rank. A collective: call it on every rank."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optim, options=options)

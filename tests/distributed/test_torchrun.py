@@ -1,0 +1,113 @@
+"""`megabyte train` under torchrun on the CPU (gloo over the loopback interface).
+
+Two processes follow the loss trajectory of one process with the same global batch, under DDP
+and FSDP2; a checkpoint written by 2 processes resumes on 1 and the reverse, continuing the
+uninterrupted trajectory; a rank that fails or hangs ends the job with its error, in bounded time.
+fp32, dropout 0 (the tiny preset): runs differ only by float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from megabyte.cli import main
+from tests.distributed.helpers import losses, torchrun
+
+K = 6  # steps before a stop; runs go to 2K
+# A global batch of 2 x 4 sequences: 4 micro-batches of 2 on one process, 2 on each of two (so
+# gradient accumulation and its skipped synchronisation are exercised too).
+COMMON = ["--preset", "tiny", "--batch-size", "2", "--eval-every", "3", "--save-every", "3", "--no-progress"]
+# A fixed decay horizon, so that stopping at K with --max-steps keeps the schedule of the 2K run.
+# (Overrides come together: argparse takes the positional SECTION.FIELD=VALUE arguments in one run.)
+OVERRIDES = [f"train.decay_steps={2 * K}", "train.grad_accum=4"]
+FAILING = str(Path(__file__).with_name("failing_rank.py"))
+
+
+def train(*args: str) -> int:
+    return main(["train", *OVERRIDES, *args, *COMMON])
+
+
+@pytest.fixture(scope="module")
+def reference(text_data, tmp_path_factory) -> list:
+    """One process, 2K steps: the trajectory every distributed run must follow."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    assert train("--data", str(text_data), "--out", str(run), "--max-steps", str(2 * K)) == 0
+    return losses(run)
+
+
+def assert_follows(run: Path, reference: list, steps: int) -> None:
+    """`run` logged steps 1..steps once each (rank 0 alone writes), with the reference's losses."""
+    got = losses(run)
+    assert [s for s, _, _ in got] == list(range(1, steps + 1))
+    want = {s: (t, v) for s, t, v in reference}
+    for step, train_bpb, val_bpb in got:
+        assert train_bpb == pytest.approx(want[step][0], rel=1e-5, abs=1e-5), step
+        if want[step][1] is not None:
+            assert val_bpb == pytest.approx(want[step][1], rel=1e-5, abs=1e-5), step
+
+
+def test_ddp_two_processes_follow_one(reference, text_data, tmp_path):
+    run = tmp_path / "run"
+    done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON,
+                       "--max-steps", str(2 * K))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.count("2 processes (ddp), each 2 x 2 x 64 bytes per step") == 1  # rank 0 speaks
+    assert_follows(run, reference, 2 * K)
+
+
+def test_fsdp_on_two_then_resume_on_one(reference, text_data, tmp_path):
+    run = tmp_path / "run"
+    done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON, "--max-steps", str(K),
+                       "--parallel", "fsdp")
+    assert done.returncode == 0, done.stdout
+    assert_follows(run, reference, K)
+    state = json.loads((run / f"checkpoints/step-{K:08d}/trainer_state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", str(2 * K), "--no-progress"]) == 0
+    assert_follows(run, reference, 2 * K)
+
+
+def test_one_then_resume_on_two_with_fsdp(reference, text_data, tmp_path):
+    run = tmp_path / "run"
+    assert train("--data", str(text_data), "--out", str(run), "--max-steps", str(K)) == 0
+    done, _ = torchrun("train", "--out", str(run), "--resume", "--max-steps", str(2 * K), "--parallel", "fsdp",
+                       "--no-progress")
+    assert done.returncode == 0, done.stdout
+    assert "2 processes (fsdp)" in done.stdout
+    assert_follows(run, reference, 2 * K)
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(text_data, tmp_path):
+    run = tmp_path / "run"
+    done, seconds = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON,
+                             "--max-steps", "20", script=FAILING, env={"FAIL_RANK": "1", "FAIL_STEP": "3"}, timeout=120)
+    assert done.returncode != 0
+    assert "RuntimeError: rank 1 failed on purpose at step 3" in done.stdout
+    assert seconds < 60, done.stdout
+    assert not (run / "latest").exists()  # rank 0 never finished step 3, its first save
+
+
+@pytest.mark.slow
+def test_a_hanging_rank_ends_the_job_at_the_timeout(text_data, tmp_path):
+    run = tmp_path / "run"
+    done, seconds = torchrun("train", *OVERRIDES, "train.dist_timeout=3", "--data", str(text_data), "--out", str(run),
+                             *COMMON, "--max-steps", "20", script=FAILING,
+                             env={"FAIL_RANK": "1", "FAIL_STEP": "3", "FAIL_HOW": "hang"}, timeout=120)
+    assert done.returncode != 0
+    assert "Timed out" in done.stdout  # rank 0's collective gave up after train.dist_timeout
+    assert seconds < 60, done.stdout
+
+
+@pytest.mark.slow
+def test_a_stop_requested_on_one_rank_stops_all_at_the_same_step(text_data, tmp_path):
+    """A signal reaches the ranks at different times: they agree to stop after the same step."""
+    run = tmp_path / "run"
+    done, seconds = torchrun("train", *OVERRIDES, "train.dist_timeout=60", "--data", str(text_data), "--out", str(run),
+                             *COMMON, "--max-steps", "20", script=FAILING,
+                             env={"FAIL_RANK": "1", "FAIL_STEP": "4", "FAIL_HOW": "stop"}, timeout=120)
+    assert "Timed out" not in done.stdout and seconds < 60, done.stdout
+    assert (run / "latest").read_text().strip() == "checkpoints/step-00000004"
+    assert [s for s, _, _ in losses(run)] == [1, 2, 3, 4]
