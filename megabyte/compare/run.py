@@ -37,8 +37,12 @@ DEFAULT_BUDGET = 600.0
 CURVE_POINTS = 8
 """Validation points per training curve (the evaluation cadence follows the steps that fit)."""
 CURVE_EVAL_BYTES = 1 << 16
-"""Validation bytes per curve point (at most; the final scores use the whole split)."""
-PROBE_STEPS = 2
+"""Validation bytes per curve point at most (the final scores use the whole split)."""
+EVAL_SHARE = 0.1
+"""About this share of a model's budget goes to the periodic validation behind its curve: a model
+that is slow per byte evaluates fewer bytes per point, so validation never eats its training time."""
+PROBE_STEPS = 3
+"""Timed steps of the step-time probe (after two untimed ones)."""
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Entry:
     """Training FLOPs of one sequence."""
     batch: int
     """Sequences per optimizer step (batch_size x grad_accum)."""
+    bytes_per_step: float
+    """Training bytes per optimizer step (expected, for the subword model)."""
     notes: list[str] = field(default_factory=list)
     step_seconds: float | None = None
     """Measured seconds per optimizer step before training (time budgets only)."""
@@ -127,8 +133,10 @@ def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, 
         cfg = TrainConfig(**{**train_fields, "seq_len": seq_len})
         if cfg.dropout is not None:
             model_config = dataclasses.replace(model_config, dropout=cfg.dropout)
-        entries.append(Entry(name, model_config, cfg, training_flops(model_config, seq_len),
-                             cfg.batch_size * cfg.grad_accum, notes))
+        batch = cfg.batch_size * cfg.grad_accum
+        per_sequence = seq_len * (tokens.bytes_per_token if name == "subword" else 1)
+        entries.append(Entry(name, model_config, cfg, training_flops(model_config, seq_len), batch,
+                             batch * per_sequence, notes))
     return entries
 
 
@@ -203,7 +211,11 @@ def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
         entry.notes.append(f"only about {expected} steps fit in the budget: use a larger budget or a smaller preset")
     warmup = min(cfg.warmup, max(1, expected // 10))
     eval_every = max(1, expected // CURVE_POINTS)
-    entry.train_config = dataclasses.replace(cfg, warmup=warmup, eval_every=eval_every,
+    points = expected // eval_every + 1
+    # Evaluating a byte costs about a third of training on it (a forward pass without the backward).
+    share = int(3 * EVAL_SHARE * expected * entry.bytes_per_step / points)
+    eval_bytes = max(1, min(cfg.eval_bytes or CURVE_EVAL_BYTES, CURVE_EVAL_BYTES, share))
+    entry.train_config = dataclasses.replace(cfg, warmup=warmup, eval_every=eval_every, eval_bytes=eval_bytes,
                                              log_every=min(cfg.log_every, eval_every), **updates)
 
 
@@ -239,6 +251,7 @@ def probe_step_time(entry: Entry, data, tokens=None) -> float:
         optimizer.zero_grad(set_to_none=True)
 
     step()
+    step()  # the first steps are slower (allocation, kernel selection)
     _sync(runtime.device)
     start = time.perf_counter()
     for _ in range(PROBE_STEPS):
@@ -479,7 +492,9 @@ SIZING = ("One preset gives every model kind about the same parameter count; eve
           "bytes per sequence and per update (batch x context; the subword model's context in tokens covers "
           "about as many bytes). The budget, per model, then decides how many updates each gets. Warm-up is "
           "at most a tenth and the evaluation cadence an eighth of the steps expected to fit (from the FLOP "
-          "count, or from a step time measured just before training). Training FLOPs are counted "
+          "count, or from a step time measured just before training), and each curve point validates on "
+          "fewer bytes for a model that trains on fewer, so that validation takes about a tenth of every "
+          "model's budget (a wall-clock budget includes it). Training FLOPs are counted "
           "analytically: 6 x weights x positions for every matmul, plus 12 x width x (query, key) pairs per "
           "attention layer; MEGABYTE's global stage counts once per patch, its local stage once per byte.")
 
@@ -502,7 +517,8 @@ def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> d
             "flops_per_byte": summary["step"] * entry.flops_per_step / max(1, summary["bytes"]),
             "flop_split": stage_summary(entry.flops), "flop_count": entry.flops.to_dict(),
             "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            "lr": cfg.lr, "warmup": cfg.warmup, "eval_every": cfg.eval_every, "max_steps": cfg.max_steps,
+            "lr": cfg.lr, "warmup": cfg.warmup, "eval_every": cfg.eval_every, "curve_eval_bytes": cfg.eval_bytes,
+            "max_steps": cfg.max_steps,
             "max_time": cfg.max_time, "step_seconds_probe": entry.step_seconds,
             "stop_reason": summary["stop_reason"], "device": summary["device"], "precision": summary["precision"],
             "final_val_bpb": summary["val_bpb"], "load_average_after": summary.get("load_average"),
