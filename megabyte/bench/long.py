@@ -70,7 +70,7 @@ def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
     opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss),
+    return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss.detach()),
             "params": sum(p.numel() for p in model.parameters()), "peak_memory": peak_memory(torch, device),
             "config": cfg.to_dict()}
 
