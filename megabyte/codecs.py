@@ -45,6 +45,12 @@ IMAGE_CHANNELS = (1, 3)
 MAX_IMAGE_PIXELS = 100_000_000
 #: Bytes per audio sample: 16-bit signed PCM.
 SAMPLE_WIDTH = 2
+#: Resampling limits: factors of the reduced ratio up/down (44.1 kHz -> 16 kHz is 160/441), and
+#: the most upsampling (16x, e.g. 1 kHz -> 16 kHz).
+_MAX_RESAMPLE_FACTOR = 50_000
+_MAX_UPSAMPLING = 16
+#: libsndfile formats whose frame count is an estimate, not a declared length.
+_ESTIMATED_LENGTH = ("MPEG", "OGG")
 
 _PIL_MODE = {1: "L", 3: "RGB"}
 
@@ -98,6 +104,8 @@ def open_image(path: str | os.PathLike[str]) -> Any:
         raise MegabyteError(f"{path}: declared image size is too large to decode safely ({exc})") from exc
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         raise MegabyteError(f"{path}: corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # a decoder's own failure on hostile bytes (IndexError, ...): still the file's fault
+        raise MegabyteError(f"{path}: corrupt image ({type(exc).__name__}: {exc})") from exc
 
 
 def _unidentified_message(path: Path) -> str:
@@ -314,40 +322,65 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     import soundfile
 
     path = Path(path)
-    _check_wav_complete(path)
+    _check_complete(path)
     try:
-        samples, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        with soundfile.SoundFile(str(path)) as f:
+            rate, channels = f.samplerate, f.channels
+            if rate < 1 or channels < 1:
+                raise MegabyteError(f"{path}: declares {rate} Hz and {channels} channels (corrupt header)")
+            # Block by block, not all at once: a header may declare far more frames than follow,
+            # and soundfile would allocate them all up front.
+            block = max(1, (1 << 20) // channels)
+            blocks = []
+            while len(data := f.read(block, dtype="float64", always_2d=True)):
+                blocks.append(data)
+            got = sum(len(b) for b in blocks)
+            if got < f.frames and f.format not in _ESTIMATED_LENGTH:  # libsndfile stops short silently
+                raise MegabyteError(f"{path}: truncated audio file (the header declares {f.frames:,} frames, "
+                                    f"{got:,} are present)")
+    except MegabyteError:
+        raise
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError, MemoryError) as exc:
         raise MegabyteError(f"{path}: not a readable audio file ({exc})") from exc
-    if samples.shape[0] == 0:
+    if not blocks:
         raise MegabyteError(f"{path}: contains no audio samples")
-    return samples, int(rate)
+    return np.concatenate(blocks), int(rate)
 
 
-def _check_wav_complete(path: Path) -> None:
-    """Refuse a RIFF/WAVE file whose data chunk is cut short (libsndfile reads it silently)."""
+def _check_complete(path: Path) -> None:
+    """Refuse a WAV, AIFF or AU file whose sample data is cut short: libsndfile reads what is
+    there without a word."""
     try:
         with open(path, "rb") as f:
             header = f.read(12)
-            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-                return
-            file_size = os.fstat(f.fileno()).st_size
-            while True:
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    raise MegabyteError(f"{path}: truncated WAV file (no complete data chunk)")
-                name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-                if name == b"data":
-                    # 0 and 0xFFFFFFFF mean "unknown length" (streamed WAV): accept them.
-                    if length not in (0, 0xFFFFFFFF) and f.tell() + length > file_size:
-                        raise MegabyteError(
-                            f"{path}: truncated WAV file (data chunk declares {length} bytes, "
-                            f"{file_size - f.tell()} present)"
-                        )
-                    return
-                f.seek(length + (length & 1), os.SEEK_CUR)
+            size = os.fstat(f.fileno()).st_size
+            if header[:4] == b"RIFF" and header[8:12] == b"WAVE":
+                _check_chunks(f, path, size, "<I", b"data", "WAV")
+            elif header[:4] == b"FORM" and header[8:12] in (b"AIFF", b"AIFC"):
+                _check_chunks(f, path, size, ">I", b"SSND", "AIFF")
+            elif header[:4] == b".snd" and len(header) == 12:
+                offset, length = struct.unpack(">II", header[4:12])
+                if length != 0xFFFFFFFF and offset + length > size:  # all ones: "unknown length"
+                    raise MegabyteError(f"{path}: truncated AU file (declares {length} data bytes, "
+                                        f"{max(size - offset, 0)} present)")
     except OSError as exc:
         raise MegabyteError(f"{path}: cannot read ({exc})") from exc
+
+
+def _check_chunks(f: Any, path: Path, size: int, order: str, data_id: bytes, kind: str) -> None:
+    """Walk the chunks after a RIFF/FORM header up to the sample data; it must fit in the file."""
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise MegabyteError(f"{path}: truncated {kind} file (no complete {data_id.decode()} chunk)")
+        name, length = chunk[:4], struct.unpack(order, chunk[4:])[0]
+        if name == data_id:
+            # 0 and 0xFFFFFFFF mean "unknown length" (a streamed file): accept them.
+            if length not in (0, 0xFFFFFFFF) and f.tell() + length > size:
+                raise MegabyteError(f"{path}: truncated {kind} file ({data_id.decode()} chunk declares "
+                                    f"{length} bytes, {size - f.tell()} present)")
+            return
+        f.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -357,7 +390,12 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return samples
     g = gcd(from_rate, to_rate)
-    return resample_poly(samples, to_rate // g, from_rate // g)
+    up, down = to_rate // g, from_rate // g
+    # The filter has about 20 * max(up, down) taps and the output up/down times the input's length:
+    # refuse the ratios no real recording needs (a corrupt header's 1 Hz or 999,983 Hz).
+    if max(up, down) > _MAX_RESAMPLE_FACTOR or up > _MAX_UPSAMPLING * down:
+        raise MegabyteError(f"cannot resample {from_rate} Hz to {to_rate} Hz (ratio {up}/{down} is too extreme)")
+    return resample_poly(samples, up, down)
 
 
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:

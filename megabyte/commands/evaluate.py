@@ -148,7 +148,7 @@ def _read_split_plain(directory: Path, split: str):
         raise MegabyteError(f"{directory} is not a prepared dataset: it has no meta.json")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise MegabyteError(f"{meta_path}: unreadable or corrupt ({exc})") from None
     path = directory / f"{split}.bin"
     if not path.is_file():

@@ -55,7 +55,7 @@ def read_data_meta(checkpoint: Path) -> dict:
         return {"modality": "text"}
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise MegabyteError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("modality") not in ("text", "image", "audio"):
         raise MegabyteError(f"{path}: no valid 'modality' field")

@@ -24,6 +24,7 @@ docs/distributed.md for multi-node and SLURM launches.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from megabyte.errors import MegabyteError
@@ -44,6 +45,9 @@ batch: batch_size x grad_accum sequences make one optimizer step over all proces
   of W processes runs 1/W of them, in micro-batches of at most batch_size sequences
 run directory: RUN/train_config.json, RUN/metrics.jsonl, RUN/loss.png, RUN/latest,
   RUN/checkpoints/step-NNNNNNNN/ (megabyte.load(RUN) loads the latest model)
+stopping: Ctrl-C or SIGTERM finishes the step, saves a checkpoint and exits with 130 or 143 (--resume
+  continues exactly); a second one aborts without saving. A killed run resumes from its last complete
+  checkpoint. One training at a time per RUN (RUN/.lock); a non-finite loss stops the run unsaved.
 """
 
 
@@ -97,8 +101,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise MegabyteError("--out RUN is required")
     model_config, train_config, data_dir, preset = build_configs(args)
-    train(train_config, model_config, data_dir, args.out, resume=args.resume, preset=preset,
-          progress=not args.no_progress)
+    summary = train(train_config, model_config, data_dir, args.out, resume=args.resume, preset=preset,
+                    progress=not args.no_progress)
+    reason = summary["stop_reason"] or ""
+    if reason.startswith("SIG"):  # stopped by Ctrl-C or SIGTERM, after saving: say so, exit 128 + signal
+        import signal
+
+        print(f"stopped by {reason} at step {summary['step']}; continue with: megabyte train --out {args.out} "
+              "--resume", file=sys.stderr)
+        return 128 + signal.Signals[reason].value
     return 0
 
 

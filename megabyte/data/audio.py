@@ -50,7 +50,10 @@ def prepare_audio(
         samples, rate = read_audio(path)
         info.update(source_rate=rate, source_channels=int(samples.shape[1]),
                     seconds=round(samples.shape[0] / rate, 3))
-        yield samples_to_pcm16(samples, rate, sample_rate)
+        try:
+            yield samples_to_pcm16(samples, rate, sample_rate)
+        except MegabyteError as exc:
+            raise MegabyteError(f"{path}: {exc}") from None
 
     return build_dataset(
         out,

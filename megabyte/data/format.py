@@ -55,7 +55,7 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise MegabyteError(f"{directory} is not a prepared dataset: it has no {META_NAME}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise MegabyteError(f"{path}: unreadable or corrupt ({exc})") from exc
     _check_meta(meta, path)
     return meta
@@ -174,7 +174,7 @@ def check_output_dir(out: Path, recipe: dict[str, Any]) -> bool:
         raise MegabyteError(f"--out {out} is a non-empty directory that is not a megabyte dataset")
     try:
         existing = json.loads((out / META_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise MegabyteError(f"--out {out} holds an unreadable {META_NAME} ({exc}); remove it first") from exc
     old = existing.get("recipe") if isinstance(existing, dict) else None
     if old != recipe:

@@ -27,6 +27,8 @@ import math
 import os
 import re
 import struct
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,16 +183,47 @@ def _random_crop(image: Any, size: int, short: int, rng: np.random.Generator) ->
 
 
 def _load_array(path: Path) -> np.ndarray:
-    """Load the image array of a .npy (memory-mapped) or .npz file; never unpickles."""
+    """Load the image array of a .npy (memory-mapped) or .npz file; never unpickles.
+
+    An .npz array is read whole, after checking that its header's shape fits the data the
+    archive holds, so a forged header cannot make us allocate more than the file can contain."""
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        with np.load(path, allow_pickle=False) as archive:
-            return archive[_pick_npz_key(archive, path)]
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
+            key = _pick_npz_key(archive, path)
+            _check_npz_member(archive.zip, key, path)
+            return archive[key]
     except MegabyteError:
         raise
-    except (OSError, ValueError, EOFError, KeyError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise MegabyteError(f"{path}: not a readable numpy array file ({exc})") from exc
+    except MemoryError as exc:
+        raise MegabyteError(f"{path}: the array is too large to load into memory") from exc
+    except Exception as exc:  # numpy's header parser on hostile bytes (SyntaxError, tokenize errors, ...)
+        raise MegabyteError(f"{path}: not a readable numpy array file ({type(exc).__name__}: {exc})") from exc
+
+
+_DEFLATE_MAX_RATIO = 1100  # zlib's deflate never expands data more than ~1032 times
+
+
+def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    """Read the .npy header of `key` in the archive: uint8, and no more bytes than it holds."""
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(f)
+        available = info.file_size - f.tell()
+    if dtype != np.uint8:
+        raise MegabyteError(f"{path}: image arrays must be uint8, got {dtype}")
+    declared = math.prod(shape)
+    if declared > available:
+        raise MegabyteError(f"{path}: array {key!r} declares shape {shape} ({declared:,} bytes) but holds "
+                            f"{max(available, 0):,} (truncated or corrupt)")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 4096:
+        raise MegabyteError(f"{path}: array {key!r} declares {info.file_size:,} bytes, more than its "
+                            f"{info.compress_size:,} compressed bytes can hold (corrupt, or a zip bomb)")
 
 
 def _pick_npz_key(archive: Any, path: Path) -> str:
@@ -249,36 +282,51 @@ def _is_idx(head: bytes, path: Path) -> bool:
         try:
             with gzip.open(path, "rb") as f:
                 head = f.read(4)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             return "idx" in path.name.lower()  # a broken gzip named like IDX: let read_idx explain
     return len(head) >= 4 and head[:2] == b"\x00\x00" and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an unsigned-byte IDX file (gzipped or not) into an array of its declared shape."""
+    """Read an unsigned-byte IDX file (gzipped or not) into an array of its declared shape.
+
+    The data is read in chunks up to the declared size (plus one byte, to detect extra data),
+    so a header that declares more than the file holds costs no more memory than the file."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
         opener = gzip.open if gz else open
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00":
+                raise MegabyteError(f"{path}: not an IDX file")
+            dtype, ndim = head[2], head[3]
+            if dtype != _IDX_UBYTE:
+                raise MegabyteError(f"{path}: IDX data type 0x{dtype:02x} is not unsigned bytes")
+            dims = f.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise MegabyteError(f"{path}: truncated IDX header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            data = _read_at_most(f, math.prod(shape) + 1)
+    except MegabyteError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
         raise MegabyteError(f"{path}: corrupt or truncated IDX file ({exc})") from exc
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise MegabyteError(f"{path}: not an IDX file")
-    dtype, ndim = data[2], data[3]
-    if dtype != _IDX_UBYTE:
-        raise MegabyteError(f"{path}: IDX data type 0x{dtype:02x} is not unsigned bytes")
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise MegabyteError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    if len(data) - header != math.prod(shape):
+    if len(data) != math.prod(shape):
+        follow = f"more than {len(data) - 1}" if len(data) > math.prod(shape) else str(len(data))
         raise MegabyteError(
             f"{path}: IDX header declares shape {shape} ({math.prod(shape)} bytes) "
-            f"but {len(data) - header} bytes follow (truncated or corrupt)"
+            f"but {follow} bytes follow (truncated or corrupt)"
         )
     if ndim not in (3, 4):
         raise MegabyteError(f"{path}: wrong IDX shape {shape} for images (a labels file?)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _read_at_most(f: Any, limit: int, chunk: int = 1 << 24) -> bytearray:
+    """Up to `limit` bytes of `f`, read in chunks (never one allocation of `limit` bytes)."""
+    data = bytearray()
+    while len(data) < limit and (part := f.read(min(chunk, limit - len(data)))):
+        data += part
+    return data

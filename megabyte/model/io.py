@@ -7,6 +7,7 @@ choose among the three known model kinds and set their plain fields.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -53,7 +54,7 @@ def config_from_dict(data: Any, source: str = CONFIG):
         raise MegabyteError(f"{source}: expected a JSON object")
     kind = data.get("model_type")
     kinds = _kinds()
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise MegabyteError(f"{source}: unknown model_type {kind!r} (expected one of {', '.join(kinds)})")
     try:
         return kinds[kind][1].from_dict(data)
@@ -91,8 +92,8 @@ def read_config(directory) -> Any:
         raise MegabyteError(f"{path}: missing (not a saved model directory?)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MegabyteError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise MegabyteError(f"{path}: not valid JSON ({exc!s:.200})") from None
     return config_from_dict(data, str(path))
 
 
@@ -120,6 +121,32 @@ def load_weights(model, path) -> None:
         raise MegabyteError(f"{path}: weights do not match the config ({'; '.join(parts)})")
 
 
+def check_weights_size(config, path) -> None:
+    """Before building a model from `config`, check that the weights file `path` holds at least as
+    many values as the config implies (read from its header and a meta-device model, allocating
+    nothing), so that a config.json claiming a huge model is an error, not an exhausted memory."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MegabyteError(f"{path}: missing weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            held = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+            kind = (f.metadata() or {}).get("model_type", config.model_type)
+    except (SafetensorError, OSError) as exc:
+        raise MegabyteError(f"{path}: not a readable safetensors file ({exc})") from None
+    if kind != config.model_type:
+        raise MegabyteError(f"{path}: holds the weights of a {kind} model, but {CONFIG} describes a "
+                            f"{config.model_type} model")
+    with torch.device("meta"):
+        tensors = build_model(config).state_dict(keep_vars=True).values()
+    needed = sum(t.numel() for t in {id(t): t for t in tensors}.values())  # tied weights once
+    if needed > held:
+        raise MegabyteError(f"{path}: weights do not match the config ({CONFIG} describes {needed:,} values, "
+                            f"the file holds {held:,})")
+
+
 LATEST = "latest"  # in a training run directory: the relative path of the newest complete checkpoint
 
 
@@ -131,18 +158,30 @@ def resolve_checkpoint(path) -> Path:
         raise MegabyteError(f"{path}: no such model directory")
     pointer = path / LATEST
     if not (path / CONFIG).exists() and pointer.is_file():
-        target = pointer.read_text(encoding="utf-8", errors="replace").strip()
-        resolved = (path / target).resolve()
-        if not target or path.resolve() not in resolved.parents or not resolved.is_dir():
-            raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r})")
-        return resolved
+        return resolve_pointer(pointer)
     return path
+
+
+def resolve_pointer(pointer: Path) -> Path:
+    """The checkpoint directory a run's `latest` file names; MegabyteError unless it lies inside the run."""
+    run, target = pointer.parent, ""
+    try:
+        with open(pointer, "rb") as f:
+            target = f.read(4096).decode("utf-8", errors="replace").strip()  # a few dozen bytes when genuine
+        resolved = (run / target).resolve()
+        inside = bool(target) and run.resolve() in resolved.parents and resolved.is_dir()
+    except (OSError, ValueError):  # unreadable, or a name no file system accepts (a NUL byte)
+        inside = False
+    if not inside:
+        raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r:.80})")
+    return resolved
 
 
 def load(directory, *, device: str | torch.device = "cpu"):
     """Rebuild a model saved by `save_pretrained` from its directory alone (or a run's latest checkpoint)."""
     directory = resolve_checkpoint(directory)
     config = read_config(directory)
+    check_weights_size(config, directory / WEIGHTS)
     model = build_model(config)
     load_weights(model, directory / WEIGHTS)
     return model.to(device).eval()

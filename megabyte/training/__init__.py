@@ -9,7 +9,8 @@
 
 Modules: `config` (TrainConfig, overrides, TOML), `presets`, `runtime` (device, precision, the
 torchrun process group), `parallel` (DDP, FSDP2, gathered state), `optim` (AdamW, schedule), `loop`
-(Trainer, train), `checkpoint`, `run` (run directory), `metrics`.
+(Trainer, train), `checkpoint`, `run` (run directory), `metrics`, `lock` (one training per run
+directory), `signals` (Ctrl-C / SIGTERM: save and stop), `faults` (fault injection for the tests).
 Names are imported on first use, so the command line starts without loading PyTorch.
 """
 

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from megabyte.errors import MegabyteError
-from megabyte.model.io import LATEST, atomic_write_bytes
+from megabyte.model.io import LATEST, atomic_write_bytes, resolve_pointer
+from megabyte.training.faults import inject
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -56,8 +57,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MegabyteError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MegabyteError(f"{path}: unreadable or corrupt ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise MegabyteError(f"{path}: unreadable or corrupt ({exc!s:.200})") from None
 
 
 # ------------------------------------------------------------------------------ saving
@@ -80,19 +81,25 @@ def save_checkpoint(
     tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
+        inject("checkpoint.start", step)
         model.save_pretrained(tmp)
         write_json(tmp / DATA_META, data_meta)
+        inject("checkpoint.model", step)
         write_json(tmp / TRAINER_STATE, trainer_state)
+        inject("checkpoint.trainer_state", step)
         save_file({k: v.detach().contiguous().cpu() for k, v in optimizer_tensors.items()}, str(tmp / OPTIMIZER))
         _fsync_file(tmp / OPTIMIZER)
         _fsync_dir(tmp)
+        inject("checkpoint.optimizer", step)
         _replace_dir(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(root)
+    inject("checkpoint.renamed", step)
     atomic_write_bytes(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n".encode())
     _fsync_dir(Path(run_dir))
+    inject("checkpoint.latest", step)
     prune_checkpoints(run_dir, keep_last)
     return root / name
 
@@ -142,16 +149,29 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     latest = latest_checkpoint(run_dir)
     for path in list_checkpoints(run_dir)[:-keep_last]:
         if latest is None or path.resolve() != latest.resolve():
-            shutil.rmtree(path, ignore_errors=True)
+            # Renamed first, so that a run killed while deleting leaves no half-deleted
+            # checkpoint, only an .old-* directory for the next run to clear away.
+            old = path.with_name(f"{_OLD_PREFIX}{path.name}-{secrets.token_hex(4)}")
+            try:
+                os.replace(path, old)
+            except OSError:  # like a failed delete, not worth stopping the run: a later prune retries
+                continue
+            inject("checkpoint.prune")
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete half-written checkpoints left by a run that was killed while saving."""
+    """Delete what a run killed while writing leaves behind: half-written or half-deleted
+    checkpoints, and the temporary files of atomic writes (RUN/.latest.*.tmp, ...)."""
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
         for path in root.iterdir():
             if path.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
                 shutil.rmtree(path, ignore_errors=True)
+    if Path(run_dir).is_dir():
+        for path in Path(run_dir).iterdir():
+            if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -159,20 +179,27 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / LATEST
     if not pointer.is_file():
         return None
-    target = pointer.read_text(encoding="utf-8", errors="replace").strip()
-    path = (Path(run_dir) / target).resolve()
-    if not target or Path(run_dir).resolve() not in path.parents or not path.is_dir():
-        raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r})")
-    return path
+    return resolve_pointer(pointer)
 
 
 # ------------------------------------------------------------------------------ loading
+_STATE_FIELDS = {"step": int, "bytes_seen": int, "elapsed": (int, float), "train_config": dict, "sampler": dict,
+                 "rng": dict, "optimizer": dict}
+"""Fields of trainer_state.json that resuming needs, and their JSON types (numbers >= 0)."""
+
+
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    state = read_json(checkpoint / TRAINER_STATE)
+    path = checkpoint / TRAINER_STATE
+    state = read_json(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise MegabyteError(f"{checkpoint / TRAINER_STATE}: not a megabyte trainer state")
+        raise MegabyteError(f"{path}: not a megabyte trainer state")
     if state.get("version") != STATE_VERSION:
-        raise MegabyteError(f"{checkpoint / TRAINER_STATE}: unsupported version {state.get('version')!r}")
+        raise MegabyteError(f"{path}: unsupported version {state.get('version')!r}")
+    for key, kind in _STATE_FIELDS.items():
+        value = state.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(value, kind) or isinstance(value, bool) or (number and not value >= 0):
+            raise MegabyteError(f"{path}: field {key!r} is missing or invalid ({value!r:.80})")
     return state
 
 
@@ -187,6 +214,23 @@ def read_optimizer_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except SafetensorError as exc:
         raise MegabyteError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def check_optimizer_tensors(tensors: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """MegabyteError unless every moment tensor has its parameter's shape and every step count is
+    one number: PyTorch loads any shape, and would only fail deep inside the next step."""
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    for key, value in tensors.items():
+        name, _, field = key.rpartition("/")
+        problem = None
+        if not value.is_floating_point():
+            problem = f"holds {value.dtype} values, expected floating point"
+        elif field == "step" and value.numel() != 1:
+            problem = f"holds {value.numel()} values, expected one step count"
+        elif field != "step" and name in shapes and value.shape != shapes[name]:
+            problem = f"has shape {tuple(value.shape)}, expected {tuple(shapes[name])}"
+        if problem:
+            raise MegabyteError(f"{source}: {key} {problem} (the optimizer state of another model?)")
 
 
 # ------------------------------------------------------------------------------ optimizer state
@@ -248,6 +292,7 @@ def named_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, t
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, torch.Tensor],
                          meta: dict, source: str) -> None:
     """Inverse of `optimizer_state`; MegabyteError if it belongs to different parameters."""
+    check_optimizer_tensors(tensors, model, source)
     named = named_optimizer_state(optimizer, tensors, meta, source)
     index = {name: i for i, name in enumerate(_param_names(optimizer, model))}
     try:

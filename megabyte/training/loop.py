@@ -17,6 +17,7 @@ is agreed on collectively, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import errno
 import math
 import signal
 import time
@@ -34,11 +35,17 @@ from megabyte.model import build_model, byte_loss
 from megabyte.model.base import LN2
 from megabyte.model.io import WEIGHTS, load_weights
 from megabyte.training import checkpoint as ckpt
+from megabyte.training import faults
 from megabyte.training.config import TrainConfig
+from megabyte.training.lock import RunLock
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
 from megabyte.training.optim import build_optimizer, lr_at
 from megabyte.training.run import check_resumable, prepare_fresh_run, resolve_lengths, write_run_config
 from megabyte.training.runtime import Runtime, init_distributed
+from megabyte.training.signals import stop_on_signals
+
+BUDGETS = ("max_steps", "max_time")
+"""Stop reasons of a run that spent its budget; others (a signal: "SIGINT", "SIGTERM") interrupt it."""
 
 
 @dataclass
@@ -91,6 +98,8 @@ class Trainer:
         self._agreed_elapsed = 0.0  # elapsed() as all processes agreed at the last stop decision
         self._session = {"bytes": 0, "train_time": 0.0}
         self._reset_interval()
+        self._unchecked = torch.zeros((), device=runtime.device)  # step losses not yet checked finite
+        self._checked_step = 0
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -145,8 +154,11 @@ class Trainer:
                 loss = byte_loss(self.network(x), x)
             # The mean over this process's step; averaging over the (equal) processes gives the
             # mean over the global batch, as one process running all of it would compute.
+            if faults.inject("loss", self.state.step + 1) == "nan":
+                loss.nats = loss.nats * float("nan")
             (loss.nats / step_bytes).backward()
             self._nats += loss.nats.detach()
+            self._unchecked += loss.nats.detach()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
@@ -208,13 +220,23 @@ class Trainer:
             del weights, named
         elif runtime.is_main:
             tensors, optimizer_meta = ckpt.optimizer_state(self.optimizer, self.model)
+        self.check_finite(model)
         rng = runtime.gather_objects(ckpt.rng_state())  # dropout streams of every process
         path = None
         if runtime.is_main:
-            path = ckpt.save_checkpoint(
-                self.run_dir, self.state.step, model=model, trainer_state=self._trainer_state(optimizer_meta, rng),
-                optimizer_tensors=tensors, data_meta=self.data.meta, keep_last=self.cfg.keep_last,
-            )
+            try:
+                path = ckpt.save_checkpoint(
+                    self.run_dir, self.state.step, model=model,
+                    trainer_state=self._trainer_state(optimizer_meta, rng),
+                    optimizer_tensors=tensors, data_meta=self.data.meta, keep_last=self.cfg.keep_last,
+                )
+            except OSError as exc:  # disk full, read-only, permissions: stop, keeping the last checkpoint
+                raise MegabyteError(
+                    f"cannot write the checkpoint of step {self.state.step} into {self.run_dir}: "
+                    f"{exc.strerror or exc} [{errno.errorcode.get(exc.errno, exc.errno)}]; stopping. The last "
+                    f"complete checkpoint ({ckpt.latest_checkpoint(self.run_dir) or 'none yet'}) is intact: "
+                    "make room (or fix the permissions) and continue with --resume"
+                ) from None
         self.saved_step = self.state.step
         return path
 
@@ -261,12 +283,18 @@ class Trainer:
             load_weights(self.model, checkpoint / WEIGHTS)
             ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint),
                                       state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
-        self.sampler.load_state_dict(state["sampler"])  # the global stream: any world size continues it
-        rank, saved = self.runtime.rank, state.get("rng_ranks") or [state["rng"]]
-        if rank < len(saved):
-            ckpt.set_rng_state(saved[rank])
-        else:  # more processes than saved: a fresh dropout stream of its own
-            torch.manual_seed(dropout_seed(self.cfg.seed, rank, int(state["step"])))
+        try:
+            self.sampler.load_state_dict(state["sampler"])  # the global stream: any world size continues it
+            rank, saved = self.runtime.rank, state.get("rng_ranks") or [state["rng"]]
+            if rank < len(saved):
+                ckpt.set_rng_state(saved[rank])
+            else:  # more processes than saved: a fresh dropout stream of its own
+                torch.manual_seed(dropout_seed(self.cfg.seed, rank, int(state["step"])))
+        except MegabyteError as exc:  # the data stream of another dataset or configuration
+            raise MegabyteError(f"{checkpoint / ckpt.TRAINER_STATE}: {exc}") from None
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            source = checkpoint / ckpt.TRAINER_STATE
+            raise MegabyteError(f"{source}: invalid data-stream or RNG state ({exc!r:.200})") from None
         self.state = RunState(step=int(state["step"]), bytes_seen=int(state["bytes_seen"]),
                               elapsed=float(state["elapsed"]), val_bpb=state.get("val_bpb"),
                               val_step=state.get("val_step"))
@@ -283,14 +311,9 @@ class Trainer:
             return None
         record: dict[str, Any] = {"step": s.step, "bytes": s.bytes_seen}
         if iv["steps"]:
+            self.check_finite()
             nats, count = self.runtime.sum([float(self._nats), iv["bytes"]])
             record["train_bpb"] = nats / (LN2 * count)
-            if not math.isfinite(record["train_bpb"]):
-                raise MegabyteError(
-                    f"training loss became {record['train_bpb']} at step {s.step}; stopping "
-                    f"(the last good checkpoint is {ckpt.latest_checkpoint(self.run_dir) or 'none'}). "
-                    "Try a lower train.lr or train.precision=fp32"
-                )
             record["lr"] = self.lr
             record["bytes_per_s"] = iv["bytes"] * self.runtime.world_size / max(iv["train_time"], 1e-9)
             self.last_train_bpb, self.last_rate = record["train_bpb"], record["bytes_per_s"]
@@ -300,6 +323,28 @@ class Trainer:
         self.metrics.append(record)
         self._reset_interval()
         return record
+
+    def check_finite(self, model: torch.nn.Module | None = None) -> None:
+        """Stop (MegabyteError) if a training loss since the last check, or a weight of `model`
+        (about to be saved), is not finite. Such a run never saves, so RUN/latest keeps naming the
+        last good checkpoint. Call it on every process: the verdict is summed over them."""
+        bad_weights = 0.0
+        if model is not None and self.runtime.is_main:
+            bad_weights = float(not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+        losses, bad_weights = self.runtime.sum([float(self._unchecked), bad_weights])
+        first, last = self._checked_step + 1, self.state.step
+        self._unchecked.zero_()
+        self._checked_step = last
+        if math.isfinite(losses) and not bad_weights:
+            return
+        what = "weights" if math.isfinite(losses) else "loss"
+        when = f"at step {last}" if first >= last else f"between steps {first} and {last}"
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        raise MegabyteError(
+            f"the training {what} became non-finite (nan or inf) {when}; stopping without saving, so the last "
+            f"good checkpoint ({latest or 'none yet'}) stays the one --resume continues from. "
+            "Try a lower train.lr, or train.precision=fp32"
+        )
 
     def _due(self, every: int) -> bool:
         """Whether a periodic action (every 0: never) falls on the current step."""
@@ -346,8 +391,9 @@ class Trainer:
         try:
             while (reason := self.stop_reason()) is None:
                 self.train_step()
-                last = self.stop_reason() is not None  # the last step always evaluates, logs and saves
-                val = self.evaluate() if last or self._due(cfg.eval_every) else None
+                stop = self.stop_reason()
+                last = stop is not None  # the last step always logs and saves, and evaluates unless interrupted
+                val = self.evaluate() if (last and stop in BUDGETS) or self._due(cfg.eval_every) else None
                 if val is not None or last or self._due(cfg.log_every):
                     self.log(val)
                     self.metrics.plot(title, force=val is not None)
@@ -358,7 +404,7 @@ class Trainer:
                     self.save()
                 progress.update(1, bpb=self.last_train_bpb, bytes_per_s=self.last_rate, eta=self._eta())
             # Stopped without a final step (resumed at the budget, or time ran out while evaluating).
-            self.log(self.evaluate() if s.val_step != s.step else None)
+            self.log(self.evaluate() if s.val_step != s.step and reason in BUDGETS else None)
             if self.saved_step != s.step:
                 self.save()
         finally:
@@ -453,13 +499,21 @@ def train(
         train_config.process_batches(runtime.world_size)  # a clear error before any work
         if not resume and runtime.is_main:
             prepare_fresh_run(out_dir)
-        trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
-        if runtime.is_main:
-            ckpt.remove_stale_temporaries(out_dir)
-            write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
-        return trainer.fit()
+        # One training at a time in a run directory: rank 0 holds RUN/.lock to the end. Under the
+        # lock, check again: another training may have saved here since the checks above.
+        with RunLock(out_dir, enabled=runtime.is_main):
+            if runtime.is_main and not resume:
+                prepare_fresh_run(out_dir)
+            if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
+                raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
+            trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
+            if checkpoint is not None:
+                trainer.restore(checkpoint)
+            if runtime.is_main:
+                ckpt.remove_stale_temporaries(out_dir)
+                write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
+            with stop_on_signals(trainer):  # Ctrl-C, SIGTERM: save at the end of the step and stop
+                return trainer.fit()
     finally:
         runtime.close()
 

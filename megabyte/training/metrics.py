@@ -37,14 +37,20 @@ class MetricsLog:
         else:
             self.records = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
-        atomic_write_bytes(self.path, text.encode())
+        try:
+            atomic_write_bytes(self.path, text.encode())
+        except OSError as exc:
+            raise MegabyteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")  # one write: a killed run never leaves half a line
+        except OSError as exc:
+            raise MegabyteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def plot(self, title: str, *, force: bool = False, min_interval: float = 15.0) -> None:
         """Redraw the loss curve (at most every `min_interval` seconds unless forced)."""
@@ -63,7 +69,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -18,7 +18,7 @@ from typing import Any
 from megabyte import __version__
 from megabyte.data.dataset import ByteDataset
 from megabyte.errors import MegabyteError
-from megabyte.model.io import LATEST, read_config
+from megabyte.model.io import LATEST, WEIGHTS, check_weights_size, read_config
 from megabyte.training import checkpoint as ckpt
 from megabyte.training.config import RESUMABLE, TrainConfig
 
@@ -62,7 +62,7 @@ def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data: ByteDat
     """The checkpoint to resume from; MegabyteError if there is none or the configs differ."""
     checkpoint = _latest_or_error(out_dir)
     state = ckpt.read_trainer_state(checkpoint)
-    saved_model = read_config(checkpoint)
+    saved_model = _read_model_config(checkpoint, state)
     problems = _differences("model", saved_model.to_dict(), model_config.to_dict())
     saved_train = state.get("train_config", {})
     problems += _differences("train", saved_train, cfg.to_dict(), skip=RESUMABLE)
@@ -70,11 +70,24 @@ def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data: ByteDat
         raise MegabyteError(f"cannot resume {out_dir} with a different configuration: {'; '.join(problems)}. "
                             f"Only these may change on --resume: {', '.join(sorted(RESUMABLE))}")
     saved_meta = ckpt.read_json(checkpoint / ckpt.DATA_META)
+    if not isinstance(saved_meta, dict):
+        raise MegabyteError(f"{checkpoint / ckpt.DATA_META}: not a dataset description (expected a JSON object)")
     for key in ("modality", "item_len", "bytes", "recipe"):
         if saved_meta.get(key) != data.meta.get(key):
             raise MegabyteError(f"the dataset {data.directory} is not the one {out_dir} was trained on "
                                 f"({key} differs: {saved_meta.get(key)!r} before, {data.meta.get(key)!r} now)")
     return checkpoint
+
+
+def _read_model_config(checkpoint: Path, state: dict) -> Any:
+    """The checkpoint's model config: of the kind its trainer state says it trains, and no larger
+    than its weights file (a config.json claiming a huge model must not exhaust memory)."""
+    config = read_config(checkpoint)
+    check_weights_size(config, checkpoint / WEIGHTS)
+    if state.get("model_kind", config.model_type) != config.model_type:
+        raise MegabyteError(f"{checkpoint}: config.json describes a {config.model_type} model but "
+                            f"{ckpt.TRAINER_STATE} belongs to a {state.get('model_kind')!r} run (files mixed up?)")
+    return config
 
 
 def _latest_or_error(out_dir: Path) -> Path:
@@ -93,17 +106,20 @@ def _differences(section: str, saved: dict, now: dict, skip: frozenset = frozens
 
 def write_run_config(out_dir: Path, model_config, cfg: TrainConfig, data: ByteDataset, *, preset: str | None,
                      runtime) -> None:
-    ckpt.write_json(out_dir / TRAIN_CONFIG, {
-        "megabyte_version": __version__,
-        "model_kind": model_config.model_type,
-        "preset": preset,
-        "data_dir": str(data.directory.resolve()),
-        "modality": data.modality,
-        "device": str(runtime.device),
-        "precision": runtime.precision,
-        "model": model_config.to_dict(),
-        "train": cfg.to_dict(),
-    })
+    try:
+        ckpt.write_json(out_dir / TRAIN_CONFIG, {
+            "megabyte_version": __version__,
+            "model_kind": model_config.model_type,
+            "preset": preset,
+            "data_dir": str(data.directory.resolve()),
+            "modality": data.modality,
+            "device": str(runtime.device),
+            "precision": runtime.precision,
+            "model": model_config.to_dict(),
+            "train": cfg.to_dict(),
+        })
+    except OSError as exc:
+        raise MegabyteError(f"cannot write {out_dir / TRAIN_CONFIG}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -126,5 +142,5 @@ def read_saved_run(out_dir: str | Path) -> SavedRun:
         train_config = TrainConfig.from_dict(state["train_config"])
     except (KeyError, MegabyteError) as exc:
         raise MegabyteError(f"{checkpoint / ckpt.TRAINER_STATE}: invalid train config ({exc})") from None
-    return SavedRun(checkpoint, read_config(checkpoint), train_config, str(state.get("data_dir", "")),
+    return SavedRun(checkpoint, _read_model_config(checkpoint, state), train_config, str(state.get("data_dir", "")),
                     state.get("preset"))

@@ -82,7 +82,8 @@ def test_config_of_another_shape(saved):
 
 def test_config_of_another_model_kind(saved):
     (saved / "config.json").write_text(json.dumps(megabyte.TransformerConfig(dim=32, depth=2).to_dict()))
-    with pytest.raises(MegabyteError, match="weights do not match the config"):
+    with pytest.raises(MegabyteError, match="holds the weights of a megabyte model, but config.json describes a "
+                                            "transformer model"):
         megabyte.load(saved)
 
 
