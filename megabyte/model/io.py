@@ -33,10 +33,21 @@ def _kinds() -> dict[str, tuple[type, type]]:
     }
 
 
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file (descriptor, name) in `path`'s directory, with the permissions an
+    ordinary new file gets (mkstemp's own 0600 would otherwise stick to the renamed file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -72,7 +83,7 @@ def save_pretrained(model, directory) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=directory)
+    fd, tmp = temp_file_beside(directory / WEIGHTS)
     os.close(fd)
     try:
         save_model(model, tmp, metadata={"model_type": model.config.model_type})

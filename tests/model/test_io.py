@@ -101,3 +101,16 @@ def test_bad_config_fields_are_named(saved, change, message):
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(MegabyteError, match=message):
         megabyte.load(saved)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        make("transformer").save_pretrained(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
