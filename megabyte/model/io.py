@@ -38,10 +38,14 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
     ordinary new file gets (mkstemp's own 0600 would otherwise stick to the renamed file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
+
+def new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -87,6 +91,7 @@ def save_pretrained(model, directory) -> None:
     os.close(fd)
     try:
         save_model(model, tmp, metadata={"model_type": model.config.model_type})
+        os.chmod(tmp, new_file_mode())  # safetensors writes a file of its own mode
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, directory / WEIGHTS)
