@@ -26,7 +26,6 @@ OGG/Vorbis, AIFF, MP3 and more); resampling is band-limited polyphase filtering
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import warnings
 from math import gcd
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from megabyte.atomic import atomic_open
 from megabyte.errors import MegabyteError
 
 IMAGE_ORDERS = ("patch", "raster")
@@ -419,18 +419,8 @@ def bytes_to_wav(data: Any, path: str | os.PathLike[str], sample_rate: int = 160
     raw = as_byte_array(data).tobytes()
     if len(raw) % SAMPLE_WIDTH:
         raise MegabyteError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # not mkstemp: its 0600 mode would stick to the WAV
-            with wave.open(f, "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(SAMPLE_WIDTH)
-                w.setframerate(sample_rate)
-                w.writeframes(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f, wave.open(f, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(SAMPLE_WIDTH)
+        w.setframerate(sample_rate)
+        w.writeframes(raw)

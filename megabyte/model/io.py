@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from megabyte.atomic import atomic_write_bytes, new_file_mode, temp_file_beside
 from megabyte.errors import MegabyteError
 
 WEIGHTS = "model.safetensors"
@@ -31,36 +31,6 @@ def _kinds() -> dict[str, tuple[type, type]]:
         "transformer": (Transformer, TransformerConfig),
         "perceiver-ar": (PerceiverAR, PerceiverARConfig),
     }
-
-
-def temp_file_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file (descriptor, name) in `path`'s directory, with the permissions an
-    ordinary new file gets (mkstemp's own 0600 would otherwise stick to the renamed file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, new_file_mode())
-    return fd, tmp
-
-
-def new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it into place."""
-    path = Path(path)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def config_from_dict(data: Any, source: str = CONFIG):
