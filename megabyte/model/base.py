@@ -32,6 +32,24 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+MAX_DEPTH = 1024  # a sanity bound: a config.json must not make construction run for hours
+
+
+def check_stack_fields(cfg: Any, model_type: str) -> None:
+    """Validate the fields the single-stack models share (dim, depth, heads, ...); fill in heads."""
+    require(cfg.model_type == model_type, "model_type", f"expected {model_type!r}, got {cfg.model_type!r}")
+    require(isinstance(cfg.dim, int) and cfg.dim >= 1, "dim", f"must be >= 1, got {cfg.dim}")
+    require(isinstance(cfg.depth, int) and 1 <= cfg.depth <= MAX_DEPTH, "depth",
+            f"must be between 1 and {MAX_DEPTH}, got {cfg.depth}")
+    if cfg.heads is None:
+        cfg.heads = max(1, cfg.dim // 64)
+    require(isinstance(cfg.heads, int) and cfg.heads >= 1 and cfg.dim % cfg.heads == 0, "heads",
+            f"{cfg.heads} heads do not divide width {cfg.dim}")
+    require(isinstance(cfg.max_seq_len, int) and cfg.max_seq_len >= 1, "max_seq_len", "must be >= 1")
+    require(0.0 <= cfg.dropout < 1.0, "dropout", f"must be in [0, 1), got {cfg.dropout}")
+    require(isinstance(cfg.mlp_ratio, int) and cfg.mlp_ratio >= 1, "mlp_ratio", f"must be >= 1, got {cfg.mlp_ratio}")
+
+
 def as_tuple(value: Any) -> Any:
     """JSON gives lists where configs hold tuples; accept both (and a bare int for one entry)."""
     if isinstance(value, list):

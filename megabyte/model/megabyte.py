@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, as_tuple, require
+from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigMixin, as_tuple, require
 from megabyte.model.layers import KVCache, KVCapture, TransformerStack
 
 
@@ -80,6 +80,8 @@ class MegabyteConfig(ConfigMixin):
             require(len(values) == n, name, f"needs {n} values (one per stage, global first), got {len(values)}")
             for v in values:
                 require(isinstance(v, int) and v >= 1, name, f"every value must be >= 1, got {v}")
+        for d in self.depths:
+            require(d <= MAX_DEPTH, "depths", f"every value must be <= {MAX_DEPTH}, got {d}")
         if self.heads is None:
             self.heads = tuple(max(1, d // 64) for d in self.dims)
         require(len(self.heads) == n, "heads", f"needs {n} values, got {len(self.heads)}")

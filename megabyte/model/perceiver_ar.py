@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, require
+from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
 from megabyte.model.layers import KVCache, TransformerStack
 from megabyte.model.transformer import ShiftedByteEmbedding
 
@@ -48,18 +48,9 @@ class PerceiverARConfig(ConfigMixin):
     model_type: str = field(default="perceiver-ar", repr=False)
 
     def __post_init__(self) -> None:
-        require(self.model_type == "perceiver-ar", "model_type", f"expected 'perceiver-ar', got {self.model_type!r}")
-        require(isinstance(self.dim, int) and self.dim >= 1, "dim", f"must be >= 1, got {self.dim}")
-        require(isinstance(self.depth, int) and self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
-        if self.heads is None:
-            self.heads = max(1, self.dim // 64)
-        require(self.heads >= 1 and self.dim % self.heads == 0, "heads",
-                f"{self.heads} heads do not divide width {self.dim}")
-        require(isinstance(self.max_seq_len, int) and self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
+        check_stack_fields(self, "perceiver-ar")
         require(1 <= self.num_latents <= self.max_seq_len, "num_latents",
                 f"must be between 1 and max_seq_len ({self.max_seq_len}), got {self.num_latents}")
-        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.mlp_ratio >= 1, "mlp_ratio", f"must be >= 1, got {self.mlp_ratio}")
 
 
 class PerceiverAR(ByteModel):

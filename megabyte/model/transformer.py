@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, require
+from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
 from megabyte.model.layers import KVCache, TransformerStack
 
 
@@ -43,16 +43,7 @@ class TransformerConfig(ConfigMixin):
     model_type: str = field(default="transformer", repr=False)
 
     def __post_init__(self) -> None:
-        require(self.model_type == "transformer", "model_type", f"expected 'transformer', got {self.model_type!r}")
-        require(isinstance(self.dim, int) and self.dim >= 1, "dim", f"must be >= 1, got {self.dim}")
-        require(isinstance(self.depth, int) and self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
-        if self.heads is None:
-            self.heads = max(1, self.dim // 64)
-        require(self.heads >= 1 and self.dim % self.heads == 0, "heads",
-                f"{self.heads} heads do not divide width {self.dim}")
-        require(isinstance(self.max_seq_len, int) and self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
-        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.mlp_ratio >= 1, "mlp_ratio", f"must be >= 1, got {self.mlp_ratio}")
+        check_stack_fields(self, "transformer")
         require(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= 2,
                 "vocab_size", f"must be an integer >= 2, got {self.vocab_size!r}")
 

@@ -15,6 +15,7 @@ from megabyte import ConfigError, MegabyteError
         (dict(dims=(512,)), "dims"),
         (dict(depths=(6, 4, 2)), "depths"),
         (dict(depths=(6, 0)), "depths"),
+        (dict(depths=(6, 10**9)), "depths"),  # a hostile config must not make construction take hours
         (dict(dims=(100, 256)), "dims"),  # 8 does not divide the global width 100
         (dict(heads=(7, 4)), "heads"),  # 7 heads do not divide 512
         (dict(max_seq_len=0), "max_seq_len"),
@@ -36,6 +37,8 @@ def test_megabyte_config_rejections_name_the_field(kwargs, field):
     [
         (megabyte.TransformerConfig, dict(dim=100, heads=3), "heads"),
         (megabyte.TransformerConfig, dict(depth=0), "depth"),
+        (megabyte.TransformerConfig, dict(depth=10**9), "depth"),
+        (megabyte.PerceiverARConfig, dict(dropout=-0.1), "dropout"),
         (megabyte.TransformerConfig, dict(max_seq_len=-1), "max_seq_len"),
         (megabyte.PerceiverARConfig, dict(num_latents=0), "num_latents"),
         (megabyte.PerceiverARConfig, dict(max_seq_len=64, num_latents=128), "num_latents"),
