@@ -227,6 +227,7 @@ def plot_png(report: dict) -> bytes:
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(11, 4.4), dpi=110)
     ax_flops, ax_time = fig.subplots(1, 2)
@@ -241,6 +242,9 @@ def plot_png(report: dict) -> bytes:
             if xs:  # the final score sits where training ended
                 ax.plot([xs[-1]], [final], "*", color=colour, markersize=11)
     ax_flops.set_xscale("log")
+    ax_flops.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 x 10^k
+    ax_flops.xaxis.set_major_formatter(EngFormatter(unit="FLOP", places=0))
+    ax_flops.xaxis.set_minor_formatter(NullFormatter())
     ax_flops.set_xlabel("training FLOPs (analytic)")
     ax_time.set_xlabel("training wall-clock (s)")
     for ax in (ax_flops, ax_time):
