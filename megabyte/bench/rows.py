@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -78,22 +77,29 @@ class Sizes:
     flat_dim: int = 512
     flat_depth: int = 8
     heads: int = 8
+    local_heads: int = 4
     latents: int = 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def quick(cls) -> Sizes:
-        return cls(global_dim=64, global_depth=2, local_dim=32, local_depth=2, patch=8, flat_dim=64,
-                   flat_depth=2, heads=2, latents=64)
+    def named(cls, name: str) -> Sizes:
+        """`reference` (issue 6, ~25M), `paper` (the paper's text model), or `quick` (tiny)."""
+        if name == "quick":
+            return cls(global_dim=64, global_depth=2, local_dim=32, local_depth=2, patch=8, flat_dim=64,
+                       flat_depth=2, heads=2, local_heads=2, latents=64)
+        if name == "paper":  # arXiv/code runs: global 2048 x 14, local 1024 x 18, P = 8 (758M + 262M)
+            return cls(global_dim=2048, global_depth=14, local_dim=1024, local_depth=18, patch=8, flat_dim=2048,
+                       flat_depth=16, heads=16, local_heads=8, latents=1024)
+        if name == "reference":
+            return cls()
+        raise ValueError(f"unknown sizes {name!r} (reference, paper or quick)")
 
 
 def our_config(name: str, sizes: Sizes, max_seq_len: int):
     s = sizes
     if name == "megabyte":
-        local_heads = max(1, s.local_dim // 64) if s.local_dim >= 64 else s.heads
         return megabyte.MegabyteConfig(
             patch_sizes=(s.patch,), dims=(s.global_dim, s.local_dim), depths=(s.global_depth, s.local_depth),
-            heads=(s.heads, local_heads), max_seq_len=max_seq_len,
+            heads=(s.heads, s.local_heads), max_seq_len=max_seq_len,
         )
     if name == "transformer":
         return megabyte.TransformerConfig(dim=s.flat_dim, depth=s.flat_depth, heads=s.heads, max_seq_len=max_seq_len)
@@ -143,7 +149,8 @@ class OurRow(Row):
     def __init__(self, spec, sizes, max_seq_len, device) -> None:
         super().__init__(spec, sizes, max_seq_len, device)
         self.config = our_config(spec.name, sizes, max_seq_len)
-        self.model = megabyte.build_model(self.config).to(device)
+        with device:  # built and initialised where it runs (fast for the paper-size model on a GPU)
+            self.model = megabyte.build_model(self.config)
 
     def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
         model, device, dtype = self.model.train(), self.device, self.spec.dtype

@@ -47,6 +47,8 @@ class SpeedOptions:
     new_bytes: int = 512
     gen_repeats: int = 3
     quick: bool = False
+    sizes: str = "reference"
+    """Model sizes: `reference` (the ~25M models of issue 6), `paper` (the paper's text model)."""
     mem_limit_gb: float = 16.0
     timeout_s: float = 1800.0
     inline: bool = False
@@ -130,10 +132,22 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _base_spec(opts: SpeedOptions) -> dict[str, Any]:
+    return {"device": opts.device, "threads": opts.threads, "quick": opts.quick, "model_sizes": opts.sizes,
+            "mem_limit_gb": opts.mem_limit_gb if opts.device == "cpu" else None}
+
+
+def _peak_spec(opts: SpeedOptions) -> dict[str, Any]:
+    spec: dict[str, Any] = {"task": "peak", "dtypes": ["bf16", "fp32"]}
+    if opts.quick:
+        spec.update(matmul_sizes=[256, 512], warmup_s=0.05, reps=3)
+    return spec
+
+
 def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every row; return the results (raw per-process results plus a summary)."""
     env = worker_env(opts.threads)
-    base = {"device": opts.device, "threads": opts.threads, "quick": opts.quick, "mem_limit_gb": opts.mem_limit_gb}
+    base = _base_spec(opts)
     rows = {s.label: {"spec": asdict(s), "train": {}, "generate": None} for s in opts.specs}
     results: dict[str, Any] = {"options": asdict(opts), "machine": machine(), "rows": rows}
 
@@ -144,9 +158,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
         log(f"  {what}: {'error: ' + r['error'] if 'error' in r else 'done'} ({time.perf_counter() - start:.0f} s)")
         return r
 
-    peak_spec = {"task": "peak", "dtypes": ["bf16", "fp32"]}
-    if opts.quick:
-        peak_spec.update(sizes=[256, 512], warmup_s=0.05, reps=3)
+    peak_spec = _peak_spec(opts)
     peaks = [worker(peak_spec, "matmul peak (before)")]
     for T in opts.seq_lens:
         for s in opts.specs:
@@ -215,7 +227,7 @@ def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any
 
 
 def _si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
@@ -269,3 +281,65 @@ def render_markdown(results: dict[str, Any]) -> str:
         "time / the peak of the row's dtype.",
     ]
     return "\n".join(lines + notes)
+
+
+def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024) -> dict[str, Any]:
+    """The largest batch of one row that fits: batch 1, 2, 4, ... until a step fails (out of
+    memory), each in its own process; every batch that fitted is timed like a table row."""
+    if len(opts.specs) != 1:
+        raise ValueError("--batch auto measures one row: pass --rows with a single row")
+    spec, T = opts.specs[0], opts.seq_lens[-1]
+    env, base = worker_env(opts.threads), _base_spec(opts)
+
+    def worker(task: dict[str, Any], what: str) -> dict[str, Any]:
+        log(f"  {what} ...")
+        r = run_worker({**base, **task}, timeout_s=opts.timeout_s, env=env, inline=opts.inline)
+        log(f"  {what}: {'error: ' + r['error'] if 'error' in r else 'done'}")
+        return r
+
+    peaks = [worker(_peak_spec(opts), "matmul peak")]
+    tries: list[dict[str, Any]] = []
+    batch = 1
+    while batch <= max_batch:
+        task = {"task": "train", "row": asdict(spec), "seq_len": T, "batch": batch, "steps": opts.steps,
+                "warmup": opts.warmup}
+        r = worker(task, f"{spec.label}: train @ {T} x batch {batch}")
+        r["batch"] = batch
+        tries.append(r)
+        if "error" in r:
+            break
+        batch *= 2
+    peak = max((p[spec.dtype]["flops"] for p in peaks if spec.dtype in p), default=None)
+    summary = []
+    for r in tries:
+        if "error" in r:
+            summary.append({"batch": r["batch"], "error": r["error"]})
+            continue
+        s = summarize(r["times"], r["bytes_per_step"])
+        s.update(batch=r["batch"], params=r["params"], flops_per_step=r["flops"], peak_memory=r["peak_memory"],
+                 mfu=r["flops"] / s["median_s"] / peak if peak else None)
+        summary.append(s)
+    fitted = [s for s in summary if "rate" in s]
+    return {"options": asdict(opts), "machine": machine(), "row": asdict(spec), "seq_len": T, "peak": peak,
+            "peak_runs": peaks, "tries": tries, "summary": summary,
+            "largest_batch": fitted[-1]["batch"] if fitted else None}
+
+
+def render_batch_search(results: dict[str, Any]) -> str:
+    T, row = results["seq_len"], results["row"]
+    params = next((s["params"] for s in results["summary"] if "params" in s), None)
+    size = f", {_si(params)} parameters" if params else ""
+    lines = [f"`{row['label']}` ({row['dtype']}{' +compile' if row['compile'] else ''}{size}), {T:,}-byte sequences",
+             "", "| batch | bytes/s | MFU | peak memory |", "|---|---|---|---|"]
+    for s in results["summary"]:
+        if "error" in s:
+            lines.append(f"| {s['batch']} | {_cell_error(s['error'])} | - | - |")
+            continue
+        mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-"
+        lines.append(f"| {s['batch']} | {s['rate']:,.0f} ±{s['spread_pct']:.0f}% | {mfu} | "
+                     f"{s['peak_memory'] / 2**30:.1f} GiB |")
+    peak = results["peak"]
+    capped = results["summary"] and "error" not in results["summary"][-1]
+    lines += ["", f"Largest batch that fits: {results['largest_batch']}{' (the --max-batch cap)' if capped else ''}. "
+              + (f"Peak matmul: {_si(peak)}FLOP/s ({row['dtype']})." if peak else "")]
+    return "\n".join(lines)

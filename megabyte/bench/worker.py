@@ -71,7 +71,7 @@ def timed(torch, device, fn, *, warmup: int, steps: int) -> dict[str, Any]:
 def task_peak(spec: dict[str, Any]) -> dict[str, Any]:
     """Best median FLOP/s of large square matrix products, per dtype."""
     torch, device = _setup(spec)
-    sizes = spec.get("sizes") or ([8192, 16384] if device.type == "cuda" else [2048, 4096])
+    sizes = spec.get("matmul_sizes") or ([8192, 16384] if device.type == "cuda" else [2048, 4096])
     result: dict[str, Any] = {}
     for name in spec.get("dtypes", ["bf16", "fp32"]):
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
@@ -96,7 +96,7 @@ def _row(spec: dict[str, Any], torch, device, max_seq_len: int):
     from megabyte.bench.rows import RowSpec, Sizes, build_row
 
     row_spec = RowSpec(**spec["row"])
-    sizes = Sizes.quick() if spec.get("quick") else Sizes()
+    sizes = Sizes.named("quick" if spec.get("quick") else spec.get("model_sizes", "reference"))
     return build_row(row_spec, sizes, max_seq_len, device)
 
 

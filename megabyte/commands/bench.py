@@ -42,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="timed training steps per row (default 5); --precision: training steps (default 300)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2; compiling happens here)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--batch", default="1",
+                   help="sequences per step (default 1); 'auto': the largest batch of one row that fits")
+    p.add_argument("--max-batch", type=int, default=1024, help="--batch auto: stop doubling here (default 1024)")
+    p.add_argument("--sizes", choices=("reference", "paper"), default="reference",
+                   help="model sizes: the ~25M models of the issue (default) or the paper's text model "
+                        "(global 2048 x 14, local 1024 x 18, P = 8)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                    help="our rows: bf16 autocast with fp32 master weights, or fp32 (default bf16)")
     p.add_argument("--external-dtype", choices=("bf16", "fp32"), default="fp32",
@@ -92,20 +97,32 @@ def run(args: argparse.Namespace) -> int:
             results = run_long(opts, log=log)
             text = render_long(results)
         else:
-            from megabyte.bench.speed import SpeedOptions, render_markdown, run_speed
+            from megabyte.bench.speed import (
+                SpeedOptions,
+                render_batch_search,
+                render_markdown,
+                run_batch_search,
+                run_speed,
+            )
 
             quick = args.quick
+            auto_batch = args.batch == "auto"
             opts = SpeedOptions(
                 rows=[r for r in args.rows.split(",") if r.strip()],
                 seq_lens=args.seq_lens or ([256, 512] if quick else [2048, 8192]),
-                steps=args.steps or 5, warmup=args.warmup, batch=args.batch, dtype=args.dtype,
+                steps=args.steps or 5, warmup=args.warmup, batch=1 if auto_batch else int(args.batch),
+                sizes=args.sizes, dtype=args.dtype,
                 external_dtype=args.external_dtype, compile=args.compile, device=args.device, threads=args.threads,
                 generate=args.generate, prompt_bytes=args.prompt_bytes or (32 if quick else 512),
                 new_bytes=args.new_bytes or (32 if quick else 512), gen_repeats=args.gen_repeats, quick=quick,
                 mem_limit_gb=args.mem_limit_gb,
             )
-            results = run_speed(opts, log=log)
-            text = render_markdown(results)
+            if auto_batch:
+                results = run_batch_search(opts, log=log, max_batch=args.max_batch)
+                text = render_batch_search(results)
+            else:
+                results = run_speed(opts, log=log)
+                text = render_markdown(results)
     except ValueError as exc:
         raise MegabyteError(str(exc)) from None
     print(text)

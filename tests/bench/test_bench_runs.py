@@ -54,7 +54,7 @@ def test_external_rows_when_installed(name):
 
 
 def test_worker_process_reports_json():
-    r = run_worker({"task": "peak", "dtypes": ["fp32"], "sizes": [64], "warmup_s": 0.0, "reps": 1, "threads": 1},
+    r = run_worker({"task": "peak", "dtypes": ["fp32"], "matmul_sizes": [64], "warmup_s": 0.0, "reps": 1, "threads": 1},
                    timeout_s=120)
     assert r["fp32"]["flops"] > 0 and r["peak_rss"] > 0
 
