@@ -490,7 +490,8 @@ def _compare(data_dir, out_dir, *, models, budget, flops, preset, vocab_size, ev
 
 SIZING = ("One preset gives every model kind about the same parameter count; every model reads the same "
           "bytes per sequence and per update (batch x context; the subword model's context in tokens covers "
-          "about as many bytes). The budget, per model, then decides how many updates each gets. Warm-up is "
+          "about as many bytes), and the preset's learning rate and schedule (not tuned per model). The budget, "
+          "per model, then decides how many updates each gets. Warm-up is "
           "at most a tenth and the evaluation cadence an eighth of the steps expected to fit (from the FLOP "
           "count, or from a step time measured just before training), and each curve point validates on "
           "fewer bytes for a model that trains on fewer, so that validation takes about a tenth of every "
