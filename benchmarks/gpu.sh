@@ -30,7 +30,7 @@ BENCH=("$PY" -m megabyte bench --device "$DEVICE" --dtype bf16)
 
 if [[ "$DEVICE" == cpu ]]; then
   # A check that the script works, in seconds: tiny models, tiny lengths, small batches.
-  TABLE=(--quick --seq-lens 512 --steps 2 --warmup 1 --threads 2)
+  TABLE=(--quick --rows megabyte,megabyte-pytorch --seq-lens 512 --steps 2 --warmup 1 --threads 2)
   PAPER=(--quick --seq-lens 512 --steps 1 --warmup 1 --threads 2 --max-batch 4)
 else
   # torch.compile for MEGABYTE (the row this is about); the baselines run eager bf16 so that the

@@ -43,9 +43,13 @@ class SpeedOptions:
     device: str = "cpu"
     threads: int = 2
     generate: bool = True
+    train: bool = True
     prompt_bytes: int = 512
     new_bytes: int = 512
     gen_repeats: int = 3
+    rounds: int = 1
+    """Repeat the training sweep this many times, in alternating row order, pooling the steps:
+    on a shared machine, a busy minute then falls on every row instead of on one."""
     quick: bool = False
     sizes: str = "reference"
     """Model sizes: `reference` (the ~25M models of issue 6), `paper` (the paper's text model)."""
@@ -160,11 +164,14 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
 
     peak_spec = _peak_spec(opts)
     peaks = [worker(peak_spec, "matmul peak (before)")]
-    for T in opts.seq_lens:
-        for s in opts.specs:
-            spec = {"task": "train", "row": asdict(s), "seq_len": T, "batch": opts.batch, "steps": opts.steps,
-                    "warmup": opts.warmup}
-            results["rows"][s.label]["train"][str(T)] = worker(spec, f"{s.label}: train @ {T}")
+    for rnd in range(opts.rounds if opts.train else 0):
+        for T in opts.seq_lens:
+            for s in opts.specs if rnd % 2 == 0 else opts.specs[::-1]:
+                spec = {"task": "train", "row": asdict(s), "seq_len": T, "batch": opts.batch, "steps": opts.steps,
+                        "warmup": opts.warmup}
+                r = worker(spec, f"{s.label}: train @ {T}" + (f" (round {rnd + 1})" if opts.rounds > 1 else ""))
+                pooled = results["rows"][s.label]["train"]
+                pooled[str(T)] = pool(pooled.get(str(T)), r)
     if opts.generate:
         for s in opts.specs:
             spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
@@ -176,8 +183,23 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
         dt: max((p[dt]["flops"] for p in peaks if dt in p), default=None) for dt in ("bf16", "fp32")
     }
     results["peak_runs"] = peaks
+    results["machine"]["load_after"] = machine().get("load_before")
     results["summary"] = summarize_rows(results, opts)
     return results
+
+
+def pool(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Two rounds of one measurement as one: the steps of both (an error in either wins)."""
+    if old is None or "error" in old:
+        return old if old is not None and "error" in old else new
+    if "error" in new:
+        return new
+    merged = dict(new)
+    for key in ("times", "cpu_times"):
+        merged[key] = old[key] + new[key]
+    merged["peak_memory"] = max(old["peak_memory"], new["peak_memory"])
+    merged["warmup_s"] = max(old["warmup_s"], new["warmup_s"])
+    return merged
 
 
 def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any]:
@@ -246,7 +268,7 @@ def _rate(s: dict[str, Any], digits: int) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     """The table: one line per row; rates are medians with their spread."""
     opts = results["options"]
-    lens = [str(T) for T in opts["seq_lens"]]
+    lens = [str(T) for T in opts["seq_lens"]] if opts.get("train", True) else []
     last = lens[-1] if lens else None
     head = ["row", "params", "dtype"] + [f"train B/s @{T}" for T in lens]
     if last:

@@ -56,8 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of every row (default 2)")
     p.add_argument("--no-generate", dest="generate", action="store_false", help="skip the generation column")
+    p.add_argument("--no-train", dest="train", action="store_false", help="skip the training columns")
     p.add_argument("--prompt-bytes", type=int, default=None, help="generation prompt (default 512; --quick 32)")
     p.add_argument("--new-bytes", type=int, default=None, help="bytes to generate (default 512; --quick 32)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the training sweep, alternating the row order, and pool the steps (default 1)")
     p.add_argument("--gen-repeats", type=int, default=3, help="generation runs of our rows (default 3)")
     p.add_argument("--mem-limit-gb", type=float, default=16.0,
                    help="address-space cap of every measurement process on the CPU (default 16)")
@@ -113,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
                 steps=args.steps or 5, warmup=args.warmup, batch=1 if auto_batch else int(args.batch),
                 sizes=args.sizes, dtype=args.dtype,
                 external_dtype=args.external_dtype, compile=args.compile, device=args.device, threads=args.threads,
-                generate=args.generate, prompt_bytes=args.prompt_bytes or (32 if quick else 512),
+                generate=args.generate, train=args.train, prompt_bytes=args.prompt_bytes or (32 if quick else 512),
                 new_bytes=args.new_bytes or (32 if quick else 512), gen_repeats=args.gen_repeats, quick=quick,
-                mem_limit_gb=args.mem_limit_gb,
+                mem_limit_gb=args.mem_limit_gb, rounds=args.rounds,
             )
             if auto_batch:
                 results = run_batch_search(opts, log=log, max_batch=args.max_batch)

@@ -78,3 +78,23 @@ def test_precision_quick(tmp_path):
     results = run_precision(PrecisionOptions(steps=2, data=str(text), quick=True, threads=1), log=quiet)
     assert len(results["runs"]) == 3 and all(r["val_bpb"] > 0 for r in results["runs"])
     assert "bf16 - fp32" in render_precision(results)
+
+
+def test_rounds_pool_steps_and_generation_only_table():
+    opts = SpeedOptions(rows=["megabyte"], seq_lens=[64], steps=1, warmup=0, quick=True, inline=True, rounds=2,
+                        generate=False)
+    results = run_speed(opts, log=quiet)
+    assert len(results["rows"]["megabyte"]["train"]["64"]["times"]) == 2
+    gen_only = SpeedOptions(rows=["megabyte"], quick=True, inline=True, train=False, prompt_bytes=8, new_bytes=8,
+                            gen_repeats=1)
+    table = render_markdown(run_speed(gen_only, log=quiet))
+    assert "train B/s" not in table and "generate B/s" in table
+
+
+def test_batch_search_stops_at_the_cap():
+    from megabyte.bench.speed import render_batch_search, run_batch_search
+
+    opts = SpeedOptions(rows=["megabyte"], seq_lens=[64], steps=1, warmup=0, quick=True, inline=True)
+    results = run_batch_search(opts, log=quiet, max_batch=2)
+    assert [s["batch"] for s in results["summary"]] == [1, 2] and results["largest_batch"] == 2
+    assert "Largest batch that fits: 2" in render_batch_search(results)
