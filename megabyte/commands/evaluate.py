@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
             progress=bar.update if bar else None,
         )
         result = reduce_result(result)
+        if world_size > 1:
+            # Every rank is done with the group before any leaves it: a rank that tears its gloo
+            # connections down while another still holds them can abort the other at exit.
+            torch.distributed.barrier()
         seconds = time.perf_counter() - started
         if bar:
             bar.close()
