@@ -120,6 +120,7 @@ def run_long(opts: LongOptions, log: Callable[[str], None] = print) -> dict[str,
     results["transformer"] = tries
     ok = [r for r in tries if "error" not in r]
     results["transformer_longest"] = ok[-1]["seq_len"] if ok else None
+    results["transformer_stopped_by"] = "error" if tries and "error" in tries[-1] else "limit"
     return results
 
 
@@ -137,6 +138,9 @@ def render_long(results: dict[str, Any]) -> str:
     for r in results["transformer"]:
         lines.append(line("Transformer", r))
     longest = results["transformer_longest"]
-    lines.append("")
-    lines.append(f"Longest Transformer step: {longest:,} bytes." if longest else "The Transformer took no step.")
+    if results["transformer"]:
+        lines.append("")
+        capped = results.get("transformer_stopped_by") == "limit"
+        lines.append(f"Longest Transformer step: {longest:,} bytes{' (the search limit)' if capped else ''}."
+                     if longest else "The Transformer took no step.")
     return "\n".join(lines)

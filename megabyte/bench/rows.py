@@ -9,6 +9,7 @@ the Transformer and PerceiverAR 512 x 8. `megabyte-pytorch` (lucidrains, 0.3.6) 
 0.4.2) are configured to the same global/local widths, depths and patch size, 8 heads of 64, MLP
 ratio 4, their flash-attention switch on as in their READMEs; they run as their users run them
 (fp32, eager, their own loss and `generate`) unless `--external-dtype bf16` says otherwise.
+Generation runs in fp32 for every row (see `Row.generate`).
 They are imported only here, lazily: without them their rows say "not installed".
 
 A row name may carry options after slashes: `megabyte/fp32/eager` is our MEGABYTE in fp32
@@ -138,7 +139,11 @@ class Row:
         raise NotImplementedError
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
-        """Generate `new_bytes` after `prompt`; return how many bytes came out."""
+        """Generate `new_bytes` after `prompt`; return how many bytes came out.
+
+        Generation runs in fp32 for every row, whatever the row's training dtype: it is how each
+        implementation's `generate` runs by default, and on the CPU bf16 autocast makes
+        byte-at-a-time decoding slower (per-step casts), not faster."""
         raise NotImplementedError
 
     def flops(self, batch: int, seq_len: int) -> float:
@@ -175,8 +180,7 @@ class OurRow(Row):
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         self.model.eval()
-        with autocast(self.device, self.spec.dtype):
-            out = megabyte.generate(self.model, prompt, new_bytes, seed=seed, on_max_len="stop")
+        out = megabyte.generate(self.model, prompt, new_bytes, seed=seed, on_max_len="stop")
         return len(out)
 
     def flops(self, batch: int, seq_len: int) -> float:
@@ -249,7 +253,7 @@ class ExternalRow(Row):
         model = self.model.eval()
         torch.manual_seed(seed)
         prime = torch.tensor(list(prompt), dtype=torch.long, device=self.device)
-        with autocast(self.device, self.spec.dtype), warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if self.spec.name == "megabyte-pytorch":
                 # Its generate always fills the model's whole length: the row is built for prompt + new.

@@ -73,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instead: one step on a 1 MiB sequence (3-stage MEGABYTE), longest Transformer step")
     p.add_argument("--long-bytes", type=_ints, default=None, metavar="T",
                    help="--long: the MEGABYTE sequence length (default 1048576)")
+    p.add_argument("--transformer-max", type=int, default=None, metavar="T",
+                   help="--long: stop the Transformer's doubling at T bytes (default 1048576; 0 skips it)")
     p.set_defaults(func=run)
 
 
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                device=args.device, dtype=args.dtype)
             if args.long_bytes:
                 opts.megabyte_bytes = args.long_bytes[0]
+            if args.transformer_max is not None:
+                opts.transformer_max = args.transformer_max
             results = run_long(opts, log=log)
             text = render_long(results)
         else:

@@ -76,7 +76,7 @@ def test_precision_quick(tmp_path):
     text = tmp_path / "text.txt"
     text.write_bytes(b"The quick brown fox jumps over the lazy dog. " * 5000)
     results = run_precision(PrecisionOptions(steps=2, data=str(text), quick=True, threads=1), log=quiet)
-    assert len(results["runs"]) == 3 and all(r["val_bpb"] > 0 for r in results["runs"])
+    assert len(results["runs"]) == 4 and all(r["val_bpb"] > 0 for r in results["runs"])
     assert "bf16 - fp32" in render_precision(results)
 
 
