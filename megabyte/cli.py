@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    from megabyte import allocator
+
+    allocator.tune()  # large CPU tensors reuse the heap instead of fresh pages every step
     try:
         result = args.func(args)
     except MegabyteError as exc:

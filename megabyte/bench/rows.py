@@ -14,6 +14,9 @@ They are imported only here, lazily: without them their rows say "not installed"
 
 A row name may carry options after slashes: `megabyte/fp32/eager` is our MEGABYTE in fp32
 without `torch.compile`, whatever `--dtype` and `--compile` say for the other rows.
+`heap` / `malloc` switch the allocator setting that every `megabyte` command applies
+(`megabyte.allocator`): our rows have it, the other implementations do not, as their users
+run them; `megabyte-pytorch/heap` shows what it would give them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from megabyte.bench.flops import counted_flops, model_flops
 OURS = ("megabyte", "transformer", "perceiver-ar")
 EXTERNAL = {"megabyte-pytorch": "MEGABYTE_pytorch", "mblm": "mblm"}
 ALL_ROWS = (*OURS, *EXTERNAL)
-OPTIONS = ("fp32", "bf16", "eager", "compile")
+OPTIONS = ("fp32", "bf16", "eager", "compile", "heap", "malloc")
 
 
 class NotInstalled(Exception):
@@ -46,6 +49,9 @@ class RowSpec:
     label: str
     dtype: str
     compile: bool
+    heap: bool = False
+    """Whether the row's process keeps large blocks in the heap (`megabyte.allocator.tune`), as
+    every `megabyte` command does: on for our rows, off for the other implementations."""
 
     @classmethod
     def parse(cls, text: str, *, dtype: str, compile: bool, external_dtype: str) -> RowSpec:
@@ -58,12 +64,15 @@ class RowSpec:
         ours = name in OURS
         row_dtype = dtype if ours else external_dtype
         row_compile = compile and ours
+        heap = ours
         for opt in opts:
             if opt in ("fp32", "bf16"):
                 row_dtype = opt
+            elif opt in ("heap", "malloc"):
+                heap = opt == "heap"
             else:
                 row_compile = opt == "compile"
-        return cls(name=name, label=text.strip(), dtype=row_dtype, compile=row_compile)
+        return cls(name=name, label=text.strip(), dtype=row_dtype, compile=row_compile, heap=heap)
 
 
 @dataclass
