@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 import megabyte
-from megabyte.bench.flops import counted_flops, model_flops
+from megabyte.bench.flops import counted_flops
+from megabyte.model.flops import training_flops
 
 OURS = ("megabyte", "transformer", "perceiver-ar")
 EXTERNAL = {"megabyte-pytorch": "MEGABYTE_pytorch", "mblm": "mblm"}
@@ -193,7 +194,7 @@ class OurRow(Row):
         return len(out)
 
     def flops(self, batch: int, seq_len: int) -> float:
-        return model_flops(self.config, batch, seq_len).total
+        return batch * training_flops(self.config, seq_len).total
 
 
 class ExternalRow(Row):

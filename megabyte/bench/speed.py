@@ -299,8 +299,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "Peak matmul FLOP/s (best median of large square products, same threads, higher of before/after): "
         + ", ".join(f"{dt} {_si(v)}FLOP/s" for dt, v in peak.items() if v),
-        "MFU = model FLOPs of a training step (megabyte.bench.flops; causal attention counts half) / median step "
-        "time / the peak of the row's dtype.",
+        "MFU = model FLOPs of a training step / median step time / the peak of the row's dtype. Model FLOPs: "
+        "ours from megabyte.model.flops (causal attention: the pairs it needs), the others from PyTorch's "
+        "FLOP counter (causal attention: half of L x L).",
     ]
     return "\n".join(lines + notes)
 

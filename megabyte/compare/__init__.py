@@ -5,7 +5,7 @@ PerceiverAR and a subword (BPE) Transformer, with a matched budget, scored in bi
     report = compare("data/text", "runs/compare", budget="3m", preset="small")
     report["models"][0]["eval"]["basic"]["bpb"]
 
-Modules: `flops` (analytic training FLOPs per model kind), `subword` (BPE, token data, training,
+Modules: `flops` (FLOP budgets; the count is `megabyte.model.flops`), `subword` (BPE, token data, training,
 scoring in bits per byte), `run` (planning, budgets, training, evaluation, generation speed),
 `report` (compare.json, compare.md, compare.png). `megabyte compare` is the command line.
 """
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return compare
     if name == "training_flops":
-        from megabyte.compare.flops import training_flops
+        from megabyte.model.flops import training_flops
 
         return training_flops
     raise AttributeError(f"module 'megabyte.compare' has no attribute {name!r}")

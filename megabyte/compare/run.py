@@ -7,7 +7,7 @@ all on the same validation bytes, time their generation, and write the report.
 
 The budget is per model: every model trains for the same seconds on the same machine (evaluation
 during training included, as in `megabyte train --max-time`), or for as many steps as fit in the
-same analytic training FLOPs (`megabyte.compare.flops`). Sizes come from one preset, which gives
+same analytic training FLOPs (`megabyte.model.flops`). Sizes come from one preset, which gives
 each kind about the same parameter count, and every model sees the same bytes per update; the
 budget then decides how many updates each gets, so a model that is cheaper per byte (MEGABYTE's
 global stage runs once per patch) trains on more bytes. Warm-up and the evaluation cadence are
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megabyte.compare.flops import FlopCount, human_flops, parse_flops, stage_summary, training_flops
+from megabyte.compare.flops import human_flops, parse_flops, stage_summary
 from megabyte.errors import MegabyteError
+from megabyte.model.flops import FlopCount, training_flops
 
 MODELS = ("megabyte", "transformer", "perceiver-ar", "subword")
 """What `--models` accepts; `subword` is text only."""

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import megabyte
-from megabyte.bench.flops import counted_flops, model_flops
+from megabyte.bench.flops import counted_flops
+from megabyte.model.flops import training_flops
 from tests.model.configs import MODEL_CONFIGS
 
 
@@ -19,12 +20,12 @@ def test_formula_matches_flop_counter(name, seq_len):
     model = megabyte.build_model(cfg).train()
     x = torch.randint(0, 256, (2, seq_len))
     counted = counted_flops(lambda: model.loss(x).mean.backward())
-    assert model_flops(cfg, 2, seq_len, causal=False).total == counted
+    assert 2 * training_flops(cfg, seq_len, causal=False).total == counted
 
 
 def test_causal_counts_half_the_attention_pairs_plus_the_diagonal():
     cfg = megabyte.TransformerConfig(dim=64, depth=3, max_seq_len=128)
-    full, causal = model_flops(cfg, 1, 128, causal=False), model_flops(cfg, 1, 128, causal=True)
+    full, causal = training_flops(cfg, 128, causal=False), training_flops(cfg, 128)
     attention = 3 * 12 * 64  # layers x (12 x width) FLOPs per (query, key) pair
     assert full.total - causal.total == attention * (128 * 128 - 128 * 129 // 2)
 
@@ -32,13 +33,14 @@ def test_causal_counts_half_the_attention_pairs_plus_the_diagonal():
 def test_megabyte_reference_split_and_size():
     """The issue's 25M model at 8,192 bytes: global and local counted separately, ~0.3 TFLOP a step."""
     cfg = megabyte.MegabyteConfig(patch_sizes=(8,), dims=(512, 256), depths=(6, 4), max_seq_len=8192)
-    count = model_flops(cfg, 1, 8192)
-    assert set(count.parts) == {"global", "local", "head"}
+    count = training_flops(cfg, 8192)
+    parts = {p.name: p.flops for p in count.parts}
+    assert set(parts) == {"global", "local", "head"}
     linear_global = 6 * 6 * 12 * 512**2 * (8192 // 8)  # 6 x layers x 12 D^2 x patches
-    assert count.parts["global"] == linear_global + 6 * 12 * 512 * (1024 * 1025 // 2)
+    assert parts["global"] == linear_global + 6 * 12 * 512 * (1024 * 1025 // 2)
     assert 0.28e12 < count.total < 0.31e12
 
 
 def test_three_stage_parts():
     cfg = MODEL_CONFIGS["megabyte-3stage"]
-    assert set(model_flops(cfg, 1, 64).parts) == {"global", "stage1", "stage2", "head"}
+    assert [p.name for p in training_flops(cfg, 64).parts] == ["global", "stage 1", "stage 2", "head"]

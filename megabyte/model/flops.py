@@ -1,0 +1,159 @@
+"""Training FLOPs of every model kind, counted analytically from its config.
+
+    count = training_flops(config, seq_len)      # one sequence of seq_len positions
+    count.total, count.per_position, [(p.name, p.flops) for p in count.parts]
+
+The one FLOP count of the project: `megabyte compare` matches budgets with it and `megabyte
+bench` divides it by step time for MFU (the convention MFU is quoted in, as in PaLM and nanoGPT).
+
+The rule (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1), applied
+part by part to what each model actually runs:
+
+    matmuls     6 x (weights a position is multiplied by) x (positions the part runs on)
+                (2 FLOPs per multiply-add forward, twice that backward)
+    attention   12 x width x layers x (query, key) pairs per layer
+                (q.k and the weighted sum of v: 2 x 2 x width per pair forward, x 3 for training)
+
+Weights counted: every linear layer (attention q/k/v and output, MLP, MEGABYTE's embedding
+projections and its global-to-local links, the output layer even when it is tied to the embedding:
+it is a real matmul per position). Not counted: embedding lookups, position embeddings, norms and
+element-wise work, the optimizer. Causal attention counts the pairs it needs, L(L+1)/2 for a row
+of L positions (`causal=False` counts all L x L, as fused kernels compute them and as
+`torch.utils.flop_counter` counts them: the tests compare the two).
+
+What "positions" means is the point of MEGABYTE: its global stage runs once per patch (T/P
+positions), its local stage once per byte, in rows of P. The Transformer runs every block on
+every byte over the whole context; this PerceiverAR runs one full-context block and then its
+latent blocks in chunks of `num_latents`. The subword baseline is the Transformer over tokens,
+so its cost per *byte* is its cost per token divided by the bytes per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a model's compute for one sequence."""
+
+    name: str
+    positions: int
+    """Positions the part's matmuls run on (per sequence)."""
+    weights: int
+    """Weights each position is multiplied by."""
+    width: int = 0
+    """Attention width (0: no attention)."""
+    layers: int = 0
+    """Attention layers."""
+    pairs: int = 0
+    """(query, key) pairs per attention layer (per sequence)."""
+
+    @property
+    def matmul_flops(self) -> int:
+        return 6 * self.weights * self.positions
+
+    @property
+    def attention_flops(self) -> int:
+        return 12 * self.width * self.layers * self.pairs
+
+    @property
+    def flops(self) -> int:
+        return self.matmul_flops + self.attention_flops
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Training FLOPs (forward + backward) of one sequence of `seq_len` positions."""
+
+    seq_len: int
+    parts: tuple[Part, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(p.flops for p in self.parts)
+
+    @property
+    def per_position(self) -> float:
+        """FLOPs per byte (per token for a token model)."""
+        return self.total / self.seq_len
+
+    def to_dict(self) -> dict:
+        return {
+            "seq_len": self.seq_len, "total": self.total, "per_position": self.per_position,
+            "parts": [{"name": p.name, "positions": p.positions, "weights": p.weights, "layers": p.layers,
+                       "attention_pairs": p.pairs, "flops": p.flops} for p in self.parts],
+        }
+
+
+def block_weights(dim: int, mlp_ratio: int) -> int:
+    """Linear weights of one transformer block: q, k, v and output (4 D^2), MLP up and down (2 r D^2)."""
+    return (4 + 2 * mlp_ratio) * dim * dim
+
+
+def causal_pairs(length: int, causal: bool = True) -> int:
+    """(query, key) pairs of causal attention over `length` positions (all of them if not `causal`)."""
+    return length * (length + 1) // 2 if causal else length * length
+
+
+def training_flops(config, seq_len: int, *, causal: bool = True) -> FlopCount:
+    """Training FLOPs of one sequence of `seq_len` positions for any model config."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    kind = config.model_type
+    if kind == "megabyte":
+        parts = _megabyte(config, seq_len, causal)
+    elif kind == "transformer":
+        parts = _transformer(config, seq_len, causal)
+    elif kind == "perceiver-ar":
+        parts = _perceiver_ar(config, seq_len, causal)
+    else:
+        raise ValueError(f"no FLOP count for model kind {kind!r}")
+    return FlopCount(seq_len, tuple(parts))
+
+
+def _transformer(c, T: int, causal: bool) -> list[Part]:
+    vocab = getattr(c, "vocab_size", 256)
+    return [
+        Part("blocks", T, c.depth * block_weights(c.dim, c.mlp_ratio), c.dim, c.depth, causal_pairs(T, causal)),
+        Part("head", T, c.dim * vocab),
+    ]
+
+
+def _perceiver_ar(c, T: int, causal: bool) -> list[Part]:
+    N = c.num_latents
+    Tp = -(-T // N) * N  # the last chunk runs padded to N latents
+    return [
+        Part("cross", T, block_weights(c.dim, c.mlp_ratio), c.dim, 1, causal_pairs(T, causal)),
+        Part("latent", Tp, c.depth * block_weights(c.dim, c.mlp_ratio), c.dim, c.depth,
+             Tp // N * causal_pairs(N, causal)),
+        Part("head", T, c.dim * 256),
+    ]
+
+
+def _megabyte(c, T: int, causal: bool) -> list[Part]:
+    sub = c.sub_sizes
+    Tp = -(-T // sub[0]) * sub[0]  # padded to whole global patches
+    parts = []
+    for i in range(c.num_stages):
+        D, S, E = c.dims[i], sub[i], c.embed_width(i)
+        N = Tp // S  # positions of stage i
+        weights = c.depths[i] * block_weights(D, c.mlp_ratio)
+        if S * E != D:
+            weights += S * E * D  # embedding projection
+        if i == 0:
+            rows, length, cross = 1, N, 0
+            name = "global"
+        else:
+            length = c.patch_sizes[i - 1]
+            rows = N // length  # one row per parent position
+            weights += c.dims[i - 1] // length * D  # global-to-local link, one slice per position
+            r = min(c.cross_patch, length)  # keys of the previous patch (none for a first patch)
+            cross = (rows - 1) * length * r if causal else rows * length * r
+            name = "local" if c.num_stages == 2 else f"stage {i}"
+        parts.append(Part(name, N, weights, D, c.depths[i], rows * causal_pairs(length, causal) + cross))
+    if c.conv_kernels:
+        E0 = c.embed_width(0)
+        parts.append(Part("conv encoder", Tp - sub[0], sum(k * E0 * E0 for k in c.conv_kernels)))
+    parts.append(Part("head", T, c.dims[-1] * 256))
+    return parts
