@@ -145,8 +145,36 @@ class Row:
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean next-byte loss of a batch, the row's own way."""
         raise NotImplementedError
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
+        """One training step on random bytes: loss (in the row's dtype, compiled if asked),
+        backward, optimizer step."""
+        self.model.train()
+        device, dtype = self.device, self.spec.dtype
+        opt = self.optimizer()
+        x = torch.randint(0, 256, (batch, seq_len), device=device)
+
+        def loss_of(x):
+            with autocast(device, dtype):
+                return self.loss(x)
+
+        if self.spec.compile:
+            loss_of = torch.compile(loss_of)
+
+        def step():
+            loss = loss_of(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         """Generate `new_bytes` after `prompt`; return how many bytes came out.
@@ -167,26 +195,11 @@ class OurRow(Row):
         with device:  # built and initialised where it runs (fast for the paper-size model on a GPU)
             self.model = megabyte.build_model(self.config)
 
-    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
-        model, device, dtype = self.model.train(), self.device, self.spec.dtype
-        opt = adamw(model.parameters(), device, fused=True)
-        x = torch.randint(0, 256, (batch, seq_len), device=device)
+    def loss(self, x):
+        return self.model.loss(x).mean
 
-        def loss_of(x):
-            with autocast(device, dtype):
-                return model.loss(x).mean
-
-        if self.spec.compile:
-            loss_of = torch.compile(loss_of)
-
-        def step() -> float:
-            loss = loss_of(x)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        return step
+    def optimizer(self):
+        return adamw(self.model.parameters(), self.device, fused=True)
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         self.model.eval()
@@ -231,33 +244,15 @@ class ExternalRow(Row):
             ))
         self.model.to(device)
 
-    def _loss(self, x):
+    def loss(self, x):
         if self.spec.name == "megabyte-pytorch":
             return self.model(x, return_loss=True)
         from mblm import MBLMReturnType
 
         return self.model(x, return_type=MBLMReturnType.LOSS)
 
-    def train_step_fn(self, batch: int, seq_len: int) -> Callable[[], float]:
-        model, device, dtype = self.model.train(), self.device, self.spec.dtype
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
-        x = torch.randint(0, 256, (batch, seq_len), device=device)
-
-        def loss_of(x):
-            with autocast(device, dtype):
-                return self._loss(x)
-
-        if self.spec.compile:
-            loss_of = torch.compile(loss_of)
-
-        def step():
-            loss = loss_of(x)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        return step
+    def optimizer(self):
+        return adamw(self.model.parameters(), self.device, fused=False)  # PyTorch's default AdamW
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         model = self.model.eval()
