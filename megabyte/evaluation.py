@@ -229,6 +229,27 @@ def evaluate(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
 
+    nats, scored, forward, windows = score_windows(model, data, batches, device=device,
+                                                   autocast_dtype=autocast_dtype, progress=progress)
+    method = "+".join(m for m, on in (("strided", strided), ("sliding-window", sliding_window)) if on) or "basic"
+    return EvalResult(
+        nats=float(nats), bytes=scored, forward_bytes=forward, method=method, seq_len=seq_len,
+        stride=stride if sliding_window else None, offset=patch // 2 if patch else None, windows=windows,
+    )
+
+
+def score_windows(
+    model: nn.Module,
+    data: np.ndarray,
+    batches: list,
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Tensor, int, int, int]:
+    """Run `model` over the planned batches of windows of `data` (1-D ids: bytes or tokens) and
+    sum the loss of the positions each window scores. Returns (nats as a float64 tensor, positions
+    scored, positions run through the model, windows). The model runs in eval mode, restored after."""
     nats = torch.zeros((), dtype=torch.float64, device=device)
     scored = forward = windows = 0
     was_training = model.training
@@ -240,11 +261,11 @@ def evaluate(
                 rows = np.stack([data[j.start : j.start + j.length] for j in batch])  # (B, T)
                 mask = np.stack([j.mask() for j in batch])  # (B, T)
                 x = torch.from_numpy(rows.astype(np.int64)).to(device, non_blocking=True)
-                logits = model(x)  # (B, T, 256): logits[:, t] predicts x[:, t] from x[:, :t]
+                logits = model(x)  # (B, T, V): logits[:, t] predicts x[:, t] from x[:, :t]
                 count = int(mask.sum())
                 if count == 0:  # a padding batch (distributed): nothing to score
                     continue
-                nats += _summed_nats(logits, x, torch.from_numpy(mask).to(device))
+                nats += summed_nats(logits, x, torch.from_numpy(mask).to(device))
                 scored += count
                 forward += rows.size
                 windows += len(batch)
@@ -252,18 +273,14 @@ def evaluate(
                     progress(count)
     finally:
         model.train(was_training)
-
-    method = "+".join(m for m, on in (("strided", strided), ("sliding-window", sliding_window)) if on) or "basic"
-    return EvalResult(
-        nats=float(nats), bytes=scored, forward_bytes=forward, method=method, seq_len=seq_len,
-        stride=stride if sliding_window else None, offset=patch // 2 if patch else None, windows=windows,
-    )
+    return nats, scored, forward, windows
 
 
-def _summed_nats(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """`byte_loss(logits, targets, mask).nats`, but summed in float64: a split has millions of bytes."""
-    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
-    return (nats.double() * mask.flatten()).sum()
+def summed_nats(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Summed cross-entropy in nats of `logits` (B, T, V) against `targets` (B, T), over the
+    positions `mask` keeps (all without one), summed in float64: a split has millions of bytes."""
+    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").double()  # (B*T,)
+    return (nats * mask.flatten() if mask is not None else nats).sum()
 
 
 def reduce_result(result: EvalResult) -> EvalResult:

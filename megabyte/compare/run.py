@@ -224,8 +224,8 @@ def probe_step_time(entry: Entry, data, tokens=None) -> float:
     """Seconds per optimizer step of `entry`, measured on real batches (one untimed step first)."""
     import torch
 
-    from megabyte.compare.subword import token_nats
     from megabyte.data.dataset import BatchSampler
+    from megabyte.evaluation import summed_nats
     from megabyte.model import build_model, byte_loss
     from megabyte.training.optim import build_optimizer
     from megabyte.training.runtime import init_runtime
@@ -237,7 +237,7 @@ def probe_step_time(entry: Entry, data, tokens=None) -> float:
     optimizer = build_optimizer(model, cfg, runtime.device)
     if entry.name == "subword":
         sampler = BatchSampler(tokens.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
-        loss_of = lambda x: token_nats(model(x), x)
+        loss_of = lambda x: summed_nats(model(x), x)
     else:
         sampler = BatchSampler.for_split(data, "train", cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
         loss_of = lambda x: byte_loss(model(x), x).nats

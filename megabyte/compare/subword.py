@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from megabyte.errors import MegabyteError
+from megabyte.evaluation import plan_windows, rank_batches, score_windows, summed_nats
 
 LN2 = math.log(2.0)
 TOKENIZER = "tokenizer.json"
@@ -173,28 +174,14 @@ def build_token_data(train: bytes, val: bytes, vocab_size: int) -> TokenData:
     return TokenData(bpe, bpe.encode(train), bpe.encode(val), len(train), len(val))
 
 
-# ------------------------------------------------------------------------------------ loss
-def token_nats(logits, targets, mask=None):
-    """Summed cross-entropy in nats (float64) of `logits` (B, T, V) against `targets` (B, T)."""
-    import torch.nn.functional as F
-
-    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
-    if mask is not None:
-        nats = nats * mask.flatten()
-    return nats.double().sum()
-
-
+# ------------------------------------------------------------------------------------ scoring
 def evaluate_tokens(model, ids: np.ndarray, n_bytes: int, *, seq_len: int | None = None,
                     sliding_window: bool = False, batch_size: int = 8, device=None,
                     autocast_dtype=None) -> dict[str, Any]:
     """Bits per byte of a token model over a whole text: every token scored once, the summed nats
     divided by ln 2 times `n_bytes`, the text's UTF-8 byte count. Windows are planned as for byte
     models (`megabyte.evaluation.plan_windows`): basic, or a sliding window of stride seq_len // 2."""
-    from contextlib import nullcontext
-
     import torch
-
-    from megabyte.evaluation import plan_windows, rank_batches
 
     seq_len = seq_len or model.config.max_seq_len
     if len(ids) == 0 or n_bytes <= 0:
@@ -202,22 +189,7 @@ def evaluate_tokens(model, ids: np.ndarray, n_bytes: int, *, seq_len: int | None
     stride = max(1, seq_len // 2) if sliding_window else None
     batches = rank_batches(plan_windows(len(ids), seq_len, stride=stride), batch_size, 0, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    scored = forward = 0
-    was_training = model.training
-    model.eval()
-    try:
-        autocast = nullcontext() if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype)
-        with torch.inference_mode(), autocast:
-            for batch in batches:
-                rows = np.stack([ids[j.start : j.start + j.length] for j in batch])  # (B, T)
-                mask = np.stack([j.mask() for j in batch])  # (B, T)
-                x = torch.from_numpy(rows.astype(np.int64)).to(device)
-                nats += token_nats(model(x), x, torch.from_numpy(mask).to(device))
-                scored += int(mask.sum())
-                forward += rows.size
-    finally:
-        model.train(was_training)
+    nats, scored, forward, _ = score_windows(model, ids, batches, device=device, autocast_dtype=autocast_dtype)
     if scored != len(ids):
         raise MegabyteError(f"internal error: scored {scored} of {len(ids)} tokens")
     return {
@@ -290,7 +262,7 @@ class SubwordTrainer:
             step_bytes += int(self.tokens.bpe.byte_lengths[x.numpy()].sum())
             x = x.to(rt.device)
             with rt.autocast():
-                loss = token_nats(self.model(x), x)
+                loss = summed_nats(self.model(x), x)
             (loss / positions).backward()  # mean over the step's tokens
             nats += float(loss.detach())
         if cfg.clip > 0:
@@ -328,7 +300,7 @@ class SubwordTrainer:
                 count += int(self.tokens.bpe.byte_lengths[rows].sum())
                 x = torch.from_numpy(rows).to(self.runtime.device)
                 with self.runtime.autocast():
-                    nats += float(token_nats(self.model(x), x))
+                    nats += float(summed_nats(self.model(x), x))
         self.model.train()
         self.val_bpb = nats / (LN2 * count)
         return self.val_bpb
