@@ -59,7 +59,7 @@ def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = True
-    opt = adamw(model.parameters(), device, fused=True)
+    opt = adamw(model.parameters(), fused=True)
     x = torch.randint(0, 256, (1, spec["seq_len"]), device=device)
     start = time.perf_counter()
     with autocast(device, spec.get("dtype", "bf16")):

@@ -85,7 +85,7 @@ def train_once(opts: PrecisionOptions, data: torch.Tensor, val: torch.Tensor, *,
     device = torch.device(opts.device)
     torch.manual_seed(seed)
     model = megabyte.build_model(config(opts)).to(device).train()
-    opt = adamw(model.parameters(), device, fused=True)
+    opt = adamw(model.parameters(), fused=True)
     for group in opt.param_groups:
         group["lr"] = opts.lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / opts.warmup) * 0.5 * (

@@ -124,7 +124,7 @@ def autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def adamw(params, device: torch.device, *, fused: bool) -> torch.optim.Optimizer:
+def adamw(params, *, fused: bool) -> torch.optim.Optimizer:
     if fused:
         try:
             return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1, fused=True)
@@ -199,7 +199,7 @@ class OurRow(Row):
         return self.model.loss(x).mean
 
     def optimizer(self):
-        return adamw(self.model.parameters(), self.device, fused=True)
+        return adamw(self.model.parameters(), fused=True)
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         self.model.eval()
@@ -252,7 +252,7 @@ class ExternalRow(Row):
         return self.model(x, return_type=MBLMReturnType.LOSS)
 
     def optimizer(self):
-        return adamw(self.model.parameters(), self.device, fused=False)  # PyTorch's default AdamW
+        return adamw(self.model.parameters(), fused=False)  # PyTorch's default AdamW
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         model = self.model.eval()

@@ -1,5 +1,6 @@
 """Shared fixtures of the comparison tests: a tiny text dataset of real bytes (the standard
-library's json package, on every machine) and a tiny image dataset; one thread per test."""
+library's json package, on every machine) and a tiny image dataset. (tests/conftest.py runs
+every test on one thread.)"""
 
 from __future__ import annotations
 
@@ -8,17 +9,8 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from megabyte.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -14,25 +14,12 @@ from pathlib import Path
 import torch
 
 import megabyte
-from megabyte.cli import main
 from megabyte.training import checkpoint as ckpt
 from megabyte.training.faults import ENV
+from tests.training.helpers import cli, metrics  # noqa: F401  (re-exported to the fault tests)
 
 CHECKPOINT_FILES = sorted(["config.json", "data_meta.json", "model.safetensors", "optimizer.safetensors",
                            "trainer_state.json"])
-
-
-def cli(*args: str) -> int:
-    """Run `megabyte ...` in-process (no progress bar) and return its exit status."""
-    args = list(args)
-    if args and args[0] == "train" and "--no-progress" not in args:
-        args.append("--no-progress")
-    return main(args)
-
-
-def metrics(run: Path) -> list[dict]:
-    """Every line of RUN/metrics.jsonl, parsed: a torn or corrupt line fails the test."""
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(run: Path) -> list[tuple]:

@@ -17,4 +17,5 @@ def cli(*args: str) -> int:
 
 
 def metrics(run: Path) -> list[dict]:
+    """Every line of RUN/metrics.jsonl, parsed: a torn or corrupt line fails the test."""
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
