@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -51,14 +52,26 @@ def main(argv: list[str] | None = None) -> int:
 
     allocator.tune()  # large CPU tensors reuse the heap instead of fresh pages every step
     try:
-        result = args.func(args)
+        code = int(args.func(args) or 0)
     except MegabyteError as exc:
         print(f"megabyte {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"megabyte {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+        code = 130
+    _exit_if_group_threads_survive(code)
+    return code
+
+
+def _exit_if_group_threads_survive(code: int) -> None:
+    """Leave now, skipping the interpreter's teardown, if threads of a process group that this
+    command created outlived it (FSDP2: see megabyte.training.runtime): that teardown is where
+    such a thread can abort the process after a good run. Output is flushed; files are closed."""
+    runtime = sys.modules.get("megabyte.training.runtime")  # not loaded: no group was ever made
+    if runtime is not None and runtime.OUTLIVED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

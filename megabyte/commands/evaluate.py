@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -64,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.stride is not None and not args.sliding_window:
         raise MegabyteError("--stride needs --sliding-window")
-    rank, world_size, device = _init_distributed(args.device)
+    from megabyte.training.runtime import init_distributed
+
+    runtime = init_distributed(args.device, "fp32")  # one process, or this rank of torchrun's group
+    rank, world_size, device = runtime.rank, runtime.world_size, runtime.device
     try:
         checkpoint = _checkpoint_dir(args.run, resolve_checkpoint)
         model = megabyte.load(checkpoint, device=device)
@@ -90,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if bar:
             bar.close()
     finally:
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+        runtime.close()
     if rank == 0:
         report = {
             **result.to_dict(), "split": args.split, "data": str(args.data), "checkpoint": str(checkpoint),
@@ -183,28 +184,6 @@ def _autocast_dtype(choice: str, device):
     if choice == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None  # float32: the model's own precision
-
-
-def _init_distributed(choice: str):
-    """(rank, world_size, device); joins the process group when launched by torchrun."""
-    import torch
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise MegabyteError("--device cuda: no CUDA GPU is available")
-    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    if world_size <= 1:
-        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 def _progress(total: int, world_size: int, quiet: bool):

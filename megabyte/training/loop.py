@@ -21,6 +21,7 @@ import errno
 import math
 import signal
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -496,26 +497,38 @@ def train(
     runtime = init_distributed(train_config.device, train_config.precision, parallel=train_config.parallel,
                                timeout=train_config.dist_timeout)
     try:
-        train_config.process_batches(runtime.world_size)  # a clear error before any work
-        if not resume and runtime.is_main:
-            prepare_fresh_run(out_dir)
-        # One training at a time in a run directory: rank 0 holds RUN/.lock to the end. Under the
-        # lock, check again: another training may have saved here since the checks above.
-        with RunLock(out_dir, enabled=runtime.is_main):
-            if runtime.is_main and not resume:
-                prepare_fresh_run(out_dir)
-            if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
-                raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
-            trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
-            if checkpoint is not None:
-                trainer.restore(checkpoint)
-            if runtime.is_main:
-                ckpt.remove_stale_temporaries(out_dir)
-                write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
-            with stop_on_signals(trainer):  # Ctrl-C, SIGTERM: save at the end of the step and stop
-                return trainer.fit()
+        return _run(runtime, train_config, model_config, data, out_dir, checkpoint, preset=preset, progress=progress)
+    except BaseException as exc:
+        # The failed run's frames hold the trainer, and through its DDP or FSDP model the process
+        # group: let them go, so that `close` below can end the group's threads.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
-        runtime.close()
+        runtime.close()  # the trainer is gone by now: the group and its threads end here
+
+
+def _run(runtime: Runtime, train_config: TrainConfig, model_config, data: ByteDataset, out_dir: Path,
+         checkpoint: Path | None, *, preset: str | None, progress: bool) -> dict[str, Any]:
+    """Build the Trainer in `runtime` and train; nothing of it outlives this call."""
+    resume = checkpoint is not None
+    train_config.process_batches(runtime.world_size)  # a clear error before any work
+    if not resume and runtime.is_main:
+        prepare_fresh_run(out_dir)
+    # One training at a time in a run directory: rank 0 holds RUN/.lock to the end. Under the
+    # lock, check again: another training may have saved here since the checks above.
+    with RunLock(out_dir, enabled=runtime.is_main):
+        if runtime.is_main and not resume:
+            prepare_fresh_run(out_dir)
+        if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
+            raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
+        trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        if runtime.is_main:
+            ckpt.remove_stale_temporaries(out_dir)
+            write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
+        with stop_on_signals(trainer):  # Ctrl-C, SIGTERM: save at the end of the step and stop
+            return trainer.fit()
 
 
 def resolved_configs(train_config: TrainConfig, model_config, data_dir) -> tuple[TrainConfig, Any]:

@@ -16,13 +16,25 @@ follows the local rank (cuda:LOCAL_RANK, or the CPU) and the backend follows the
 for CUDA tensors, with gloo beside it for the few small CPU messages (stop decisions, sums of
 Python numbers); gloo alone on CPUs. Every collective fails after `timeout` seconds, so a rank
 that dies or hangs ends the job (torchrun then stops the others) instead of stalling it.
+
+Leaving the group is part of the contract: `close` destroys the process group *and* waits for its
+native threads (gloo's loop and workers, NCCL's watchdog) to end. A thread of the group still
+alive when the interpreter shuts down is destroyed during its teardown, and one that then
+reaches for the GIL (to free a tensor of the last collective) ends the process with "terminate
+called without an active exception" after a good run: the intermittent abort of two-process
+runs. With DDP the group ends inside `close` (a test holds it to that). Under FSDP2, PyTorch's
+DTensor keeps the device mesh, and so the group, in caches we cannot reach; `close` then records
+the surviving threads in `OUTLIVED`, and the command line leaves with `os._exit` after flushing
+its output (every file is written and closed by then), so the teardown that aborts never runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -118,14 +130,49 @@ class Runtime:
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
-        """Leave the process group if `init_distributed` created it."""
-        if self.owns_group:
-            import torch.distributed as dist
+    def close(self, wait: float = 10.0) -> None:
+        """Leave the process group if `init_distributed` created it, and wait (up to `wait`
+        seconds) until its native threads have ended. Call it after the objects that use the
+        group (the DDP or FSDP model, the trainer) are released: they hold the group too."""
+        if not self.owns_group:
+            return
+        import torch.distributed as dist
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            self.owns_group = False
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.owns_group = False
+        gc.collect()  # reference cycles (module hooks) may hold the last DDP reducer, and so the group
+        deadline = time.monotonic() + wait
+        while (left := group_threads()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        OUTLIVED[:] = left
+
+
+OUTLIVED: list[str] = []
+"""Threads of a process group that this process created and left, still running after `close`
+(see the module docstring): the command line then exits without the interpreter's teardown."""
+
+
+GROUP_THREADS = ("gloo", "pt_nccl", "pt_gloo")
+"""Name prefixes of the native threads a process group runs (gloo_tcp_loop, pt_gloo_runloop,
+pt_nccl_watchdg, pt_nccl_heartbt)."""
+
+
+def group_threads() -> list[str]:
+    """Names of this process's threads that belong to a torch.distributed process group (Linux;
+    elsewhere an empty list): none should be left once `Runtime.close` has returned."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended while we looked
+            continue
+        if name.startswith(GROUP_THREADS):
+            names.append(name)
+    return names
 
 
 def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
@@ -156,6 +203,12 @@ def init_distributed(device: str = "auto", precision: str = "auto", *, parallel:
     resolved = resolve_distributed_device(device, local_rank)
     owns = not dist.is_initialized()
     if owns:
+        # torch.distributed.nn.functional binds the default group into its functions' default
+        # arguments when first imported (DDP imports it): imported after the group exists, it
+        # keeps the group, and its threads, alive until the interpreter's own teardown, where
+        # they abort the exit. Imported now, those defaults are None.
+        import torch.distributed.nn  # noqa: F401
+
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         backend = "cpu:gloo,cuda:nccl" if resolved.type == "cuda" else "gloo"
@@ -191,11 +244,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MegabyteError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+        raise MegabyteError(f"device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MegabyteError(f"train.device: {name} requested but CUDA is not available")
+        raise MegabyteError(f"device {name} requested but CUDA is not available")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise MegabyteError(f"train.device: {name} requested but MPS is not available")
+        raise MegabyteError(f"device {name} requested but MPS is not available")
     return device
 
 

@@ -16,8 +16,8 @@ import signal
 import sys
 import time
 
-from megabyte.cli import main
 from megabyte.training.loop import Trainer
+from tests.distributed.clean_exit import run_and_report
 
 
 def install_fault() -> None:
@@ -43,4 +43,4 @@ def install_fault() -> None:
 
 if __name__ == "__main__":
     install_fault()
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_and_report(sys.argv[1:]))

@@ -24,6 +24,15 @@ COMMON = ["--preset", "tiny", "--batch-size", "2", "--eval-every", "3", "--save-
 # (Overrides come together: argparse takes the positional SECTION.FIELD=VALUE arguments in one run.)
 OVERRIDES = [f"train.decay_steps={2 * K}", "train.grad_accum=4"]
 FAILING = str(Path(__file__).with_name("failing_rank.py"))
+CLEAN_EXIT = str(Path(__file__).with_name("clean_exit.py"))
+
+
+def assert_clean_exit(done) -> None:
+    """Both ranks ended with no thread of the process group left: a thread alive at interpreter
+    exit is what aborted two-process runs ("terminate called without an active exception")."""
+    for rank in (0, 1):
+        assert f"rank {rank}: group threads left: none" in done.stdout, done.stdout
+    assert "terminate called" not in done.stdout, done.stdout
 
 
 def train(*args: str) -> int:
@@ -52,8 +61,9 @@ def assert_follows(run: Path, reference: list, steps: int) -> None:
 def test_ddp_two_processes_follow_one(reference, text_data, tmp_path):
     run = tmp_path / "run"
     done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON,
-                       "--max-steps", str(2 * K))
+                       "--max-steps", str(2 * K), script=CLEAN_EXIT)
     assert done.returncode == 0, done.stdout
+    assert_clean_exit(done)
     assert done.stdout.count("2 processes (ddp), each 2 x 2 x 64 bytes per step") == 1  # rank 0 speaks
     assert_follows(run, reference, 2 * K)
 
@@ -61,8 +71,11 @@ def test_ddp_two_processes_follow_one(reference, text_data, tmp_path):
 def test_fsdp_on_two_then_resume_on_one(reference, text_data, tmp_path):
     run = tmp_path / "run"
     done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON, "--max-steps", str(K),
-                       "--parallel", "fsdp")
+                       "--parallel", "fsdp", script=CLEAN_EXIT)
     assert done.returncode == 0, done.stdout
+    # FSDP2's DTensor caches keep the group alive past `close`: the command leaves through
+    # os._exit (after flushing) instead of returning, so no rank reaches the interpreter's teardown.
+    assert "group threads left" not in done.stdout and "terminate called" not in done.stdout, done.stdout
     assert_follows(run, reference, K)
     state = json.loads((run / f"checkpoints/step-{K:08d}/trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
@@ -109,5 +122,6 @@ def test_a_stop_requested_on_one_rank_stops_all_at_the_same_step(text_data, tmp_
                              *COMMON, "--max-steps", "20", script=FAILING,
                              env={"FAIL_RANK": "1", "FAIL_STEP": "4", "FAIL_HOW": "stop"}, timeout=120)
     assert "Timed out" not in done.stdout and seconds < 60, done.stdout
+    assert_clean_exit(done)
     assert (run / "latest").read_text().strip() == "checkpoints/step-00000004"
     assert [s for s, _, _ in losses(run)] == [1, 2, 3, 4]
