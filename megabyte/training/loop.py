@@ -83,8 +83,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, runtime.device)
         # This process's share of each step: micro_steps micro-batches of micro_batch sequences.
         self.micro_batch, self.micro_steps = cfg.process_batches(runtime.world_size)
-        self.sampler = BatchSampler(data.split("train"), cfg.seq_len, self.micro_batch, seed=cfg.seed,
-                                    rank=runtime.rank, world_size=runtime.world_size, item_len=data.item_len)
+        # The dataset's layout (whole images, whole 16-bit audio samples) comes with the split.
+        self.sampler = BatchSampler.for_split(data, "train", cfg.seq_len, self.micro_batch, seed=cfg.seed,
+                                              rank=runtime.rank, world_size=runtime.world_size)
         self.val = data.split("val")
         self.state = RunState()
         self.metrics = MetricsLog(self.run_dir, enabled=runtime.is_main)
@@ -183,7 +184,7 @@ class Trainer:
         collective): one with fewer windows runs its last batches on a window it does not score.
         """
         cfg, runtime = self.cfg, self.runtime
-        starts, length = validation_windows(len(self.val), cfg.seq_len, cfg.eval_bytes, self.data.item_len or 1)
+        starts, length = validation_windows(len(self.val), cfg.seq_len, cfg.eval_bytes, self.data.align)
         if not len(starts):
             return None
         self.model.eval()
@@ -463,7 +464,8 @@ def dropout_seed(seed: int, rank: int, step: int = 0) -> int:
 
 def validation_windows(n: int, seq_len: int, max_bytes: int, unit: int = 1) -> tuple[np.ndarray, int]:
     """Start offsets and length of the validation windows: evenly spaced over the split, not
-    overlapping, at multiples of `unit` (whole images), at most `max_bytes` in all (0: no limit)."""
+    overlapping, at multiples of `unit` (`ByteDataset.align`: whole images, whole audio samples),
+    at most `max_bytes` in all (0: no limit)."""
     length = min(seq_len, n - n % unit)
     if length <= 0:
         return np.zeros(0, dtype=np.int64), 0
