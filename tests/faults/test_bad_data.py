@@ -106,14 +106,16 @@ def _valid_files() -> dict[str, bytes]:
 VALID = _valid_files()
 
 
-def check_reader(kind: str, content: bytes) -> None:
-    """`content` as a file of `kind` gives a consistent dataset or a clear error, and never a partial one."""
+def check_reader(kind: str, content: bytes, *, valid: bool = False) -> None:
+    """`content` as a file of `kind` gives a consistent dataset or a clear error, and never a
+    partial one. With `valid=True` it must give the dataset: an error, however clear, fails."""
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / NAMES[kind], Path(tmp) / "out"
         path.write_bytes(content)
         try:
             meta = prepare(kind, path, out)
         except MegabyteError as exc:
+            assert not valid, f"a valid {kind} file was rejected: {exc}"
             assert str(path) in str(exc) or str(exc).startswith("empty corpus"), str(exc)
             assert not out.exists() and not [p for p in Path(tmp).iterdir() if p.name.startswith(".out.")]
             return
@@ -130,7 +132,7 @@ def check_reader(kind: str, content: bytes) -> None:
 
 def test_the_valid_files_are_read():
     for kind, content in VALID.items():
-        check_reader(kind, content)
+        check_reader(kind, content, valid=True)
 
 
 @pytest.mark.parametrize("kind", sorted(NAMES))
