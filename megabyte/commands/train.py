@@ -7,6 +7,7 @@ Examples::
     megabyte train --data data/text --out runs/tf --model transformer --max-time 10m
     megabyte train --data data/text --out runs/gpu --preset medium --device cuda train.compile=true
     megabyte train --out runs/small --resume --max-steps 4000                     # continue a run
+    megabyte train --data data/text --out runs/job --resume auto                  # requeued jobs: same command
     megabyte train --list-presets
     torchrun --nproc_per_node 8 -m megabyte train --data data/text --out runs/m --preset medium   # DDP, 8 GPUs
     torchrun --nproc_per_node 8 -m megabyte train --data data/text --out runs/m --preset medium --parallel fsdp
@@ -14,6 +15,8 @@ Examples::
 Settings come from the preset, then a TOML file (--config), then `model.FIELD=VALUE` /
 `train.FIELD=VALUE` overrides, then the flags. With --resume they start from the run's saved
 configuration instead, and only the budget, cadence, device and parallelism may change.
+`--resume auto` continues RUN when it holds a checkpoint and starts it otherwise, so that a job
+that is requeued or restarted (SLURM --requeue, torchrun --max-restarts) runs one command every time.
 
 Under torchrun (one process per GPU, or several on a CPU) the same command trains with DDP, or
 FSDP2 with --parallel fsdp. The global batch (batch_size x grad_accum sequences per step) stays
@@ -34,7 +37,10 @@ EPILOG = """examples:
   megabyte train --data data/text --out runs/small --max-time 10m          small MEGABYTE, 10 minutes
   megabyte train --data data/text --out runs/tf --model transformer        the same-size Transformer baseline
   megabyte train --data data/text --out runs/m --preset medium --device cuda train.compile=true   one GPU
-  megabyte train --out runs/small --resume --max-steps 4000                continue a run exactly
+  megabyte train --out runs/small --resume                                 continue a stopped run exactly
+  megabyte train --out runs/small --resume --max-steps 4000                continue it with a longer budget
+  megabyte train --data data/text --out runs/job --preset small --resume auto   the same command on every
+                                                                           (re)start: continues, or starts
   megabyte train --list-presets                                            presets with parameter counts
   torchrun --nproc_per_node 4 -m megabyte train --data data/text --out runs/m --preset medium   4 GPUs, DDP
   torchrun --nproc_per_node 4 -m megabyte train ... --parallel fsdp        FSDP2: shard a model too big for one GPU
@@ -48,6 +54,14 @@ run directory: RUN/train_config.json, RUN/metrics.jsonl, RUN/loss.png, RUN/lates
 stopping: Ctrl-C or SIGTERM finishes the step, saves a checkpoint and exits with 130 or 143 (--resume
   continues exactly); a second one aborts without saving. A killed run resumes from its last complete
   checkpoint. One training at a time per RUN (RUN/.lock); a non-finite loss stops the run unsaved.
+schedule: a step budget fixes the learning-rate decay at the first start (train.decay_steps = max_steps,
+  saved with the run), so --resume continues the same schedule; a longer --max-steps then trains on at
+  min_lr after the decay, unless train.decay_steps=N on that resume re-plans it. A time budget
+  (--max-time) keeps following the budget: a longer one stretches the rest of the decay (said at resume).
+requeued jobs: SLURM `#SBATCH --requeue` with `srun megabyte train ... --resume auto` (preemption sends
+  SIGTERM: the step ends, a checkpoint is saved, the requeued job continues from it); under torchrun,
+  `torchrun --max-restarts 3 ... -m megabyte train ... --resume auto` restarts every rank from the
+  latest checkpoint after a failure.
 """
 
 
@@ -66,7 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODEL_KINDS), help="model kind (default megabyte)")
     p.add_argument("--preset", metavar="NAME", help=f"shape and settings: {', '.join(PRESETS)} (default small)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file: preset, model_kind, [model], [train]")
-    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", metavar="auto",
+                   help="continue RUN from its latest checkpoint (an error if it has none); --resume auto: "
+                   "continue when RUN has a checkpoint, else start it (for requeued and restarted jobs)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps in all")
     p.add_argument("--max-time", metavar="T", help="stop after this much time in all, e.g. 600, 10m, 1h30m "
                    "(replaces the preset's step budget unless --max-steps is given too)")
@@ -100,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise MegabyteError("--out RUN is required")
+    args.resume = resume_mode(args)
     model_config, train_config, data_dir, preset = build_configs(args)
     summary = train(train_config, model_config, data_dir, args.out, resume=args.resume, preset=preset,
                     progress=not args.no_progress)
@@ -111,6 +128,28 @@ def run(args: argparse.Namespace) -> int:
               "--resume", file=sys.stderr)
         return 128 + signal.Signals[reason].value
     return 0
+
+
+def resume_mode(args: argparse.Namespace) -> bool:
+    """Whether to resume: --resume always, --resume auto when RUN holds a checkpoint."""
+    value = args.resume
+    if value is None:
+        return False
+    if value not in ("yes", "auto"):
+        if "=" not in value:
+            raise MegabyteError(f"--resume takes no value, or 'auto'; got {value!r}")
+        args.overrides.insert(0, value)  # argparse gave an override that followed --resume to it
+        value = "yes"
+    if value == "yes":
+        return True
+    from pathlib import Path
+
+    from megabyte.training.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(Path(args.out)) is not None:
+        return True
+    print(f"--resume auto: {args.out} holds no checkpoint yet, starting a new run", file=sys.stderr)
+    return False
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:

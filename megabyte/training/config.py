@@ -27,10 +27,11 @@ DURATIONS = ("max_time", "dist_timeout")
 
 RESUMABLE = frozenset({
     "max_steps", "max_time", "eval_every", "eval_bytes", "log_every", "save_every", "keep_last",
-    "compile", "device", "precision", "parallel", "dist_timeout",
+    "compile", "device", "precision", "parallel", "dist_timeout", "decay_steps",
 })
 """Fields that may change when a run is resumed: they say how long to run, how often to
-evaluate and save, and where; the others define the trajectory and must stay as saved."""
+evaluate and save, and where, plus `decay_steps`, to re-plan the schedule on purpose; the others
+define the trajectory and must stay as saved."""
 
 
 @dataclass
@@ -60,9 +61,11 @@ class TrainConfig:
     decay: str = "cosine"
     """Shape of the decay from lr to min_lr after the warm-up: cosine, linear or constant."""
     decay_steps: int | None = None
-    """Step at which the decay reaches min_lr. Default: follow the budget, i.e. max_steps, or the
-    elapsed share of max_time if that is further along (so a time-limited run ends its decay when
-    the time runs out). Set it to stop early with --max-steps and later extend the same trajectory."""
+    """Step at which the decay reaches min_lr. Default: follow the budget. A step budget alone fixes
+    it at the first start (`megabyte train` sets it to max_steps and saves it with the run), so a
+    resumed run keeps its schedule whatever its new max_steps; with max_time it stays unset and the
+    decay follows the elapsed share of max_time (or of max_steps, if further along), ending when the
+    time runs out. Setting it on --resume re-plans the rest of the schedule."""
     betas: tuple[float, float] = (0.9, 0.98)
     """AdamW betas (the paper's values)."""
     eps: float = 1e-8

@@ -41,7 +41,14 @@ from megabyte.training.config import TrainConfig
 from megabyte.training.lock import RunLock
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
 from megabyte.training.optim import build_optimizer, lr_at
-from megabyte.training.run import check_resumable, prepare_fresh_run, resolve_lengths, write_run_config
+from megabyte.training.run import (
+    check_resumable,
+    plan_schedule,
+    prepare_fresh_run,
+    resolve_lengths,
+    schedule_notice,
+    write_run_config,
+)
 from megabyte.training.runtime import Runtime, init_distributed
 from megabyte.training.signals import stop_on_signals
 
@@ -91,6 +98,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, enabled=runtime.is_main)
         self.saved_step: int | None = None
         self.resumed_from: Path | None = None
+        self.schedule_note: str | None = None  # what resuming did to the learning-rate schedule
         self.stop_requested: str | None = None  # set (e.g. by a signal handler) to stop after this step
         self.lr = lr_at(cfg, 0)
         self.last_train_bpb: float | None = None  # of the latest metrics record
@@ -304,6 +312,7 @@ class Trainer:
         self._clock_start = time.monotonic()
         self.saved_step = self.state.step
         self.resumed_from = checkpoint
+        self.schedule_note = schedule_notice(state["train_config"], self.cfg, self.state.step)
 
     # ------------------------------------------------------------------ logging
     def log(self, val_bpb: float | None) -> dict[str, Any] | None:
@@ -379,6 +388,8 @@ class Trainer:
                 f"x {cfg.seq_len} bytes per step")
         if self.resumed_from is not None:
             say(f"resuming from step {self.state.step} ({self.resumed_from.relative_to(self.run_dir.resolve())})")
+            if self.schedule_note:
+                say(self.schedule_note)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -496,6 +507,8 @@ def train(
     train_config, model_config = resolve_lengths(train_config, model_config, data)
     out_dir = Path(out_dir)
     checkpoint = check_resumable(out_dir, train_config, model_config, data) if resume else None
+    if not resume:
+        train_config = plan_schedule(train_config)
     runtime = init_distributed(train_config.device, train_config.precision, parallel=train_config.parallel,
                                timeout=train_config.dist_timeout)
     try:

@@ -45,6 +45,36 @@ def resolve_lengths(cfg: TrainConfig, model_config, data: ByteDataset) -> tuple[
     return dataclasses.replace(cfg, seq_len=seq_len, dropout=dropout), model_config
 
 
+def plan_schedule(cfg: TrainConfig) -> TrainConfig:
+    """A fresh run's schedule: a step budget alone fixes the decay horizon now (decay_steps =
+    max_steps, saved with the run), so that resuming with a longer --max-steps keeps it."""
+    if cfg.decay_steps is None and cfg.max_time is None and cfg.max_steps is not None:
+        return dataclasses.replace(cfg, decay_steps=cfg.max_steps)
+    return cfg
+
+
+def schedule_notice(saved: dict[str, Any], cfg: TrainConfig, step: int) -> str | None:
+    """What a resume at `step` does to the learning-rate schedule saved in `saved` (a train
+    config as a dict), when that is not simply "the same": a sentence to print, or None."""
+    budget = {k: saved.get(k) for k in ("max_steps", "max_time")} != {"max_steps": cfg.max_steps,
+                                                                     "max_time": cfg.max_time}
+    before = saved.get("decay_steps")
+    if before != cfg.decay_steps:
+        what = cfg.decay_steps if cfg.decay_steps is not None else "the budget"
+        return (f"learning-rate schedule re-planned from step {step}: train.decay_steps was {before}, now {what}")
+    if not budget:
+        return None
+    if cfg.decay_steps is None:
+        return (f"learning-rate schedule re-planned from step {step}: it follows the budget (train.decay_steps is "
+                f"unset), now max_steps={cfg.max_steps}, max_time={cfg.max_time}. To keep a fixed schedule, "
+                "start runs with train.decay_steps=N")
+    if cfg.max_steps is not None and cfg.max_steps > cfg.decay_steps:
+        return (f"the learning-rate decay ends at step {cfg.decay_steps}, as planned at the first start: steps "
+                f"{max(step, cfg.decay_steps) + 1}..{cfg.max_steps} train at min_lr={cfg.min_lr:g}. To stretch the "
+                f"decay over the new budget instead, resume with train.decay_steps={cfg.max_steps}")
+    return None
+
+
 def prepare_fresh_run(out_dir: Path) -> None:
     """A fresh run needs an absent, empty or checkpoint-free RUN directory."""
     if out_dir.exists() and not out_dir.is_dir():

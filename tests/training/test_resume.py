@@ -121,3 +121,64 @@ def test_api_resume_with_a_different_config_is_refused(text_data, tmp_path):
     with pytest.raises(MegabyteError, match="train.batch_size was 4, now 2"):
         train(TrainConfig(**{**preset.train, "max_steps": 4, "batch_size": 2}), model_config, text_data,
               tmp_path / "run", resume=True, progress=False)
+
+
+# --------------------------------------------------------------------- requeued jobs, the schedule
+def test_resume_auto_runs_one_command_on_every_start(text_data, tmp_path, capsys):
+    """A requeued job runs the same command each time: it starts the run, then continues it."""
+    run = tmp_path / "job"
+    command = ["train", "--data", str(text_data), "--out", str(run), "--preset", "tiny", "--resume", "auto",
+               "train.decay_steps=8", "--eval-every", "0", "--save-every", "2"]
+    assert cli(*command, "--max-steps", "4") == 0
+    assert "holds no checkpoint yet, starting a new run" in capsys.readouterr().err
+    assert cli(*command, "--max-steps", "4") == 0  # restarted after it finished: nothing left to do
+    out = capsys.readouterr().out
+    assert "resuming from step 4" in out
+    assert cli(*command, "--max-steps", "8") == 0  # requeued with the whole budget
+    assert [r["step"] for r in metrics(run) if "train_bpb" in r] == list(range(1, 9))
+    whole = tmp_path / "whole"
+    assert cli("train", "--data", str(text_data), "--out", str(whole), "--preset", "tiny", "train.decay_steps=8",
+               "--eval-every", "0", "--max-steps", "8") == 0
+    assert [r["train_bpb"] for r in metrics(run) if "train_bpb" in r] == pytest.approx(
+        [r["train_bpb"] for r in metrics(whole) if "train_bpb" in r], rel=1e-6)
+
+
+def test_resume_values(text_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", "--out", str(run), "--resume", "--max-steps", "2") == 2  # strict: no run yet
+    assert "does not exist" in capsys.readouterr().err
+    assert cli("train", "--data", str(text_data), "--out", str(run), "--resume", "later") == 2
+    assert "--resume takes no value, or 'auto'" in capsys.readouterr().err
+    assert cli("train", "--data", str(text_data), "--out", str(run), "--preset", "tiny", "--max-steps", "2") == 0
+    # An override right after --resume is still an override.
+    assert cli("train", "--out", str(run), "--resume", "train.log_every=1", "--max-steps", "3") == 0
+    assert json.loads((run / "train_config.json").read_text())["train"]["log_every"] == 1
+
+
+def test_a_step_budget_fixes_the_schedule_at_the_first_start(text_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["--preset", "tiny", "--eval-every", "0", "--save-every", "0", "train.warmup=0", "train.min_lr=1e-4"]
+    assert cli("train", "--data", str(text_data), "--out", str(run), *base, "--max-steps", "6") == 0
+    assert json.loads((run / "train_config.json").read_text())["train"]["decay_steps"] == 6
+    capsys.readouterr()
+    assert cli("train", "--out", str(run), "--resume", "--max-steps", "9") == 0
+    out = capsys.readouterr().out
+    assert "the learning-rate decay ends at step 6, as planned at the first start: steps 7..9 train at min_lr" in out
+    lrs = {r["step"]: r["lr"] for r in metrics(run) if "lr" in r}
+    assert [lrs[s] for s in (7, 8, 9)] == pytest.approx([1e-4] * 3)  # the schedule did not move
+    assert lrs[6] > 1e-4
+    # Re-planning is a choice made on purpose, and said.
+    assert cli("train", "--out", str(run), "--resume", "--max-steps", "12", "train.decay_steps=12") == 0
+    assert "re-planned from step 9: train.decay_steps was 6, now 12" in capsys.readouterr().out
+    lrs = {r["step"]: r["lr"] for r in metrics(run) if "lr" in r}
+    assert lrs[10] > lrs[12] > 1e-4  # decaying again, over the new horizon
+
+
+def test_a_time_budget_says_the_schedule_is_re_planned(text_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["--preset", "tiny", "--eval-every", "0", "--save-every", "0"]
+    assert cli("train", "--data", str(text_data), "--out", str(run), *base, "--max-time", "1s") == 0
+    assert json.loads((run / "train_config.json").read_text())["train"]["decay_steps"] is None
+    capsys.readouterr()
+    assert cli("train", "--out", str(run), "--resume", "--max-time", "2s") == 0
+    assert "re-planned from step" in capsys.readouterr().out
