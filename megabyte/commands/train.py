@@ -192,4 +192,21 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
     model_fields.update(file.get("model", {}))
     model_fields.update(model_over)
     train_fields.update(given)
-    return model_cls.from_dict(model_fields), TrainConfig.from_dict(train_fields), data_dir, preset_name
+    model_config, train_config = model_cls.from_dict(model_fields), TrainConfig.from_dict(train_fields)
+    if not args.resume:  # the preset meets the data; what the user set stays as set
+        model_config = fit_preset(model_config, train_config, data_dir, preset_name,
+                                  fixed={*file.get("model", {}), *model_over})
+    return model_config, train_config, data_dir, preset_name
+
+
+def fit_preset(model_config, train_config, data_dir: str, preset_name: str, fixed: set[str]):
+    """The preset's model fitted to the dataset (one image per context, the image patch), said."""
+    from megabyte.data.dataset import load_dataset
+    from megabyte.training.presets import fit_to_data
+
+    data = load_dataset(data_dir)
+    model_config, notes = fit_to_data(model_config, data, seq_len=train_config.seq_len, fixed=fixed)
+    if notes:
+        print(f"preset {preset_name} fitted to the {data.modality} data: {'; '.join(notes)} "
+              "(set model.FIELD=VALUE to choose otherwise)")
+    return model_config

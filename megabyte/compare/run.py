@@ -29,6 +29,7 @@ from typing import Any
 from megabyte.compare.flops import human_flops, parse_flops, stage_summary
 from megabyte.errors import MegabyteError
 from megabyte.model.flops import FlopCount, training_flops
+from megabyte.training.presets import fit_to_data
 
 MODELS = ("megabyte", "transformer", "perceiver-ar", "subword")
 """What `--models` accepts; `subword` is text only."""
@@ -129,7 +130,8 @@ def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, 
             model_config, seq_len = _subword_config(preset, tokens, notes)
         else:
             model_config = preset.model_config(name)
-            model_config = _fit_to_data(model_config, data, notes)
+            model_config, fitted = fit_to_data(model_config, data)
+            notes += fitted
             seq_len = data.item_len or model_config.max_seq_len
         cfg = TrainConfig(**{**train_fields, "seq_len": seq_len})
         if cfg.dropout is not None:
@@ -153,45 +155,6 @@ def _subword_config(preset, tokens, notes: list[str]):
     notes.append(f"BPE vocabulary of {tokens.bpe.vocab_size} tokens trained on the train split "
                  f"({tokens.bytes_per_token:.2f} bytes/token); context {ctx} tokens ~ {byte_ctx} bytes")
     return TransformerConfig(**{**fields, "max_seq_len": ctx, "vocab_size": tokens.bpe.vocab_size}), ctx
-
-
-def _fit_to_data(config, data, notes: list[str]):
-    """Images: the context holds at least one whole image, and MEGABYTE's patch is one block of
-    pixels in patch-scan order (P = channels x pixels^2, the paper's P=12 for 2x2 RGB)."""
-    meta = data.meta
-    item = data.item_len
-    if item and config.max_seq_len < item:
-        notes.append(f"context raised from {config.max_seq_len} to one image ({item} bytes)")
-        config = dataclasses.replace(config, max_seq_len=item)
-        if config.model_type == "perceiver-ar":
-            config = dataclasses.replace(config, num_latents=min(config.num_latents, item))
-    if (config.model_type == "megabyte" and meta.get("modality") == "image" and meta.get("order") == "patch"
-            and len(config.patch_sizes) == 1):
-        patch = int(meta.get("channels", 3)) * int(meta.get("patch_pixels", 2)) ** 2
-        if patch != config.patch_sizes[0] and patch > 1:
-            fitted = _with_patch(config, patch)
-            if fitted is not None:
-                notes.append(f"patch {patch} bytes = one {meta.get('patch_pixels')}x{meta.get('patch_pixels')}"
-                             f" pixel block (global width {config.dims[0]} -> {fitted.dims[0]})")
-                config = fitted
-    return config
-
-
-def _with_patch(config, patch: int):
-    """`config` with patch size `patch` and the nearest valid global width, or None."""
-    from megabyte.model.base import ConfigError
-
-    width = config.dims[0]
-    for delta in range(0, width, patch):
-        for candidate in (width + delta, width - delta):
-            base = candidate - candidate % patch
-            if base < patch:
-                continue
-            try:
-                return dataclasses.replace(config, patch_sizes=(patch,), dims=(base, *config.dims[1:]), heads=None)
-            except ConfigError:
-                continue
-    return None
 
 
 def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:

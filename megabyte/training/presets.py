@@ -8,6 +8,8 @@ and the training settings that suit it.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +134,53 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise MegabyteError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def fit_to_data(config, data, *, seq_len: int | None = None, fixed: Collection[str] = ()) -> tuple[Any, list[str]]:
+    """`config` (a preset's model config) made to meet the dataset `data`, and what changed.
+
+    Images: the context holds the training sequence (`seq_len`, by default one whole image), and
+    MEGABYTE's patch is one block of pixels in patch-scan order (P = channels x pixels^2: the
+    paper's P=12 for 2x2 RGB), with the nearest global width that P divides. Fields named in
+    `fixed` (what the user set) are never changed: a conflict then stays an error for them to see.
+    """
+    notes: list[str] = []
+    meta, item = data.meta, data.item_len
+    need = (seq_len or item) if item else None  # text and audio: the preset's context is the user's choice
+    if need and config.max_seq_len < need and "max_seq_len" not in fixed:
+        what = "one image" if need == item else f"{need // item} images"
+        notes.append(f"context {config.max_seq_len} -> {need} bytes ({what})")
+        config = dataclasses.replace(config, max_seq_len=need)
+        if config.model_type == "perceiver-ar" and config.num_latents > need and "num_latents" not in fixed:
+            config = dataclasses.replace(config, num_latents=need)
+    if (config.model_type == "megabyte" and data.modality == "image" and meta.get("order") == "patch"
+            and len(config.patch_sizes) == 1 and not {"patch_sizes", "dims"} & set(fixed)):
+        pixels = int(meta.get("patch_pixels", 2))
+        patch = int(meta.get("channels", 3)) * pixels**2
+        if patch != config.patch_sizes[0] and patch > 1 and (item is None or item % patch == 0):
+            fitted = _with_patch(config, patch)
+            if fitted is not None:
+                notes.append(f"patch {config.patch_sizes[0]} -> {patch} bytes, one {pixels}x{pixels}-pixel block "
+                             f"(global width {config.dims[0]} -> {fitted.dims[0]})")
+                config = fitted
+    return config, notes
+
+
+def _with_patch(config, patch: int):
+    """`config` with patch size `patch` and the nearest valid global width, or None."""
+    from megabyte.model.base import ConfigError
+
+    width = config.dims[0]
+    for delta in range(0, width, patch):
+        for candidate in (width + delta, width - delta):
+            base = candidate - candidate % patch
+            if base < patch:
+                continue
+            try:
+                return dataclasses.replace(config, patch_sizes=(patch,), dims=(base, *config.dims[1:]), heads=None)
+            except ConfigError:
+                continue
+    return None
 
 
 def parameter_count(model_config) -> int:

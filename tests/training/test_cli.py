@@ -85,6 +85,70 @@ def test_image_data_uses_whole_images(tmp_path):
                "train.seq_len=50", "--max-steps", "1") == 2
 
 
+def image_dataset(tmp_path, size: int):
+    from PIL import Image
+
+    from megabyte.data.image import prepare_image
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    data = tmp_path / f"images{size}"
+    prepare_image([photos], data, size=size, val_fraction=0.2)
+    return data
+
+
+def test_a_small_preset_meets_image_data(tmp_path, capsys):
+    """tiny's 64-byte context grows to one 768-byte image and its patch becomes one 2x2-pixel
+    block (12 bytes), and the run says so; what the user sets is kept, or is an error."""
+    data = image_dataset(tmp_path, 16)  # 16 x 16 x 3 = 768 bytes per image
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--max-steps", "2") == 0
+    out = capsys.readouterr().out
+    assert "preset tiny fitted to the image data: context 64 -> 768 bytes (one image); patch 4 -> 12 bytes" in out
+    resolved = json.loads((run / "train_config.json").read_text())
+    assert resolved["model"]["max_seq_len"] == 768 and resolved["model"]["patch_sizes"] == [12]
+    assert resolved["train"]["seq_len"] == 768
+    # Explicit settings win: the patch stays as set, the context still grows.
+    kept = tmp_path / "kept"
+    assert cli("train", "--data", str(data), "--out", str(kept), "--preset", "tiny", "model.patch_sizes=4",
+               "--max-steps", "1") == 0
+    resolved = json.loads((kept / "train_config.json").read_text())
+    assert resolved["model"]["patch_sizes"] == [4] and resolved["model"]["max_seq_len"] == 768
+    # Two images per sequence, asked for: the context holds both.
+    two = tmp_path / "two"
+    assert cli("train", "--data", str(data), "--out", str(two), "--preset", "tiny", "train.seq_len=1536",
+               "--max-steps", "1") == 0
+    assert "context 64 -> 1536 bytes (2 images)" in capsys.readouterr().out
+    # An explicit context too short for one image is the user's to fix: an error naming it.
+    assert cli("train", "--data", str(data), "--out", str(tmp_path / "short"), "--preset", "tiny",
+               "model.max_seq_len=64", "--max-steps", "1") == 2
+    assert "model.max_seq_len is 64" in capsys.readouterr().err
+    for kind in ("transformer", "perceiver-ar"):  # the baselines meet the data too
+        assert cli("train", "--data", str(data), "--out", str(tmp_path / kind), "--preset", "tiny", "--model", kind,
+                   "--max-steps", "1") == 0
+        assert json.loads((tmp_path / kind / "train_config.json").read_text())["model"]["max_seq_len"] == 768
+
+
+def test_a_small_preset_trains_on_audio(tmp_path):
+    import soundfile
+
+    from megabyte.data.audio import prepare_audio
+
+    rng = np.random.default_rng(0)
+    wavs = tmp_path / "wavs"
+    wavs.mkdir()
+    for i in range(3):
+        soundfile.write(wavs / f"{i}.wav", rng.uniform(-0.5, 0.5, 4000), 16000, subtype="PCM_16")
+    data = tmp_path / "audio"
+    prepare_audio([wavs], data, val_fraction=0.2)
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--max-steps", "2") == 0
+    assert all(np.isfinite(r["train_bpb"]) for r in metrics(run))
+
+
 def test_a_time_budget_replaces_the_presets_step_budget(text_data, tmp_path):
     from megabyte.cli import build_parser
     from megabyte.commands.train import build_configs
