@@ -30,7 +30,7 @@ _EXPORTS = {
     "TransformerConfig": "megabyte.model",
     "build_model": "megabyte.model",
     "byte_loss": "megabyte.model",
-    "load": "megabyte.model",
+    "load": "megabyte.training.checkpoint",
     "generate": "megabyte.generation",
     "stream": "megabyte.generation",
 }

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     import megabyte
     from megabyte.evaluation import evaluate, reduce_result
-    from megabyte.model.io import resolve_checkpoint
+    from megabyte.training.checkpoint import resolve_checkpoint
 
     if args.stride is not None and not args.sliding_window:
         raise MegabyteError("--stride needs --sliding-window")

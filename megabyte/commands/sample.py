@@ -74,7 +74,7 @@ def pick_device(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import megabyte
-    from megabyte.model.io import resolve_checkpoint
+    from megabyte.training.checkpoint import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run)
     meta = read_data_meta(checkpoint)
@@ -94,7 +94,7 @@ def _check_unused(args: argparse.Namespace, modality: str, *names: str) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from megabyte.model.io import atomic_write_bytes
+    from megabyte.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data)
     print(f"wrote {len(data)} bytes to {path}", file=sys.stderr)
@@ -137,7 +137,7 @@ def stream_text(model, prompt: bytes, max_bytes: int, *, out=None, **options) ->
 
 def _sample_image(model, meta: dict, args: argparse.Namespace, options: dict) -> int:
     import megabyte
-    from megabyte.codecs import bytes_to_image, image_to_bytes
+    from megabyte.data.codecs import bytes_to_image, image_to_bytes
 
     _check_unused(args, "image", "prompt", "prompt-file", "prompt-wav", "stop")
     size, channels = int(meta["size"]), int(meta["channels"])
@@ -168,14 +168,14 @@ def _save_png(image, path: Path) -> None:
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    from megabyte.model.io import atomic_write_bytes
+    from megabyte.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _sample_audio(model, meta: dict, args: argparse.Namespace, options: dict) -> int:
     import megabyte
-    from megabyte.codecs import audio_to_bytes, bytes_to_wav
+    from megabyte.data.codecs import audio_to_bytes, bytes_to_wav
 
     _check_unused(args, "audio", "prompt", "prompt-file", "prompt-image", "keep-rows", "stop")
     rate = int(meta["sample_rate"])

@@ -23,7 +23,7 @@ COLOURS = {"megabyte": "tab:red", "transformer": "tab:blue", "perceiver-ar": "ta
 
 
 def write_reports(report: dict[str, Any], out_dir: str | Path) -> None:
-    from megabyte.model.io import atomic_write_bytes
+    from megabyte.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     report["crossings"] = curve_crossings(report["models"])

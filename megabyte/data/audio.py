@@ -2,7 +2,7 @@
 
 Files are decoded with soundfile (WAV, FLAC, OGG/Vorbis, AIFF, MP3 ... whatever libsndfile
 reads), averaged to mono and resampled with a polyphase band-limited filter
-(:mod:`megabyte.codecs`). The stream is the files' samples concatenated in input order;
+(:mod:`megabyte.data.codecs`). The stream is the files' samples concatenated in input order;
 ``meta["files"]`` keeps each file's offset and byte count per split, its source sample rate,
 channel count and duration. Whole files go to validation; a single file gives its tail.
 """
@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from megabyte.codecs import SAMPLE_WIDTH, read_audio, samples_to_pcm16
 from megabyte.data.build import build_dataset
+from megabyte.data.codecs import SAMPLE_WIDTH, read_audio, samples_to_pcm16
 from megabyte.data.sources import check_val_fraction, collect_files
 from megabyte.errors import MegabyteError
 

@@ -26,11 +26,11 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from megabyte import __version__
+from megabyte.atomic import replace_dir
 from megabyte.errors import MegabyteError
 
 FORMAT_NAME = "megabyte-dataset"
@@ -143,7 +143,7 @@ class DatasetWriter:
             **tail,
         }
         (self._tmp / META_NAME).write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
-        _publish(self._tmp, self.out)
+        replace_dir(self._tmp, self.out)  # an old dataset survives a failed replacement
         self._tmp = None
         return full
 
@@ -190,20 +190,3 @@ def _recipe_difference(old: Any, new: dict[str, Any]) -> str:
         return "no recipe recorded"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "differs in " + ", ".join(keys)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an old ``out`` is moved aside, then deleted."""
-    old: Path | None = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

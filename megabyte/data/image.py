@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from megabyte.codecs import (
+from megabyte.data.build import build_dataset
+from megabyte.data.codecs import (
     MAX_IMAGE_PIXELS,
     check_image_params,
     image_item_len,
@@ -43,7 +44,6 @@ from megabyte.codecs import (
     open_image,
     to_pil,
 )
-from megabyte.data.build import build_dataset
 from megabyte.data.sources import check_val_fraction, collect_files
 from megabyte.errors import MegabyteError
 

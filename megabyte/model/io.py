@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from megabyte.atomic import atomic_write_bytes, new_file_mode, temp_file_beside
+from megabyte.atomic import atomic_path, atomic_write_bytes
 from megabyte.errors import MegabyteError
 
 WEIGHTS = "model.safetensors"
@@ -57,17 +56,8 @@ def save_pretrained(model, directory) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(directory / WEIGHTS)
-    os.close(fd)
-    try:
-        save_model(model, tmp, metadata={"model_type": model.config.model_type})
-        os.chmod(tmp, new_file_mode())  # safetensors writes a file of its own mode
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_model(model, str(tmp), metadata={"model_type": model.config.model_type})
     text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(directory / CONFIG, text.encode())
 
@@ -133,39 +123,12 @@ def check_weights_size(config, path) -> None:
                             f"the file holds {held:,})")
 
 
-LATEST = "latest"  # in a training run directory: the relative path of the newest complete checkpoint
-
-
-def resolve_checkpoint(path) -> Path:
-    """A model directory (config.json + model.safetensors), or a run directory whose `latest`
-    file names its newest complete checkpoint, e.g. `checkpoints/step-00001000`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise MegabyteError(f"{path}: no such model directory")
-    pointer = path / LATEST
-    if not (path / CONFIG).exists() and pointer.is_file():
-        return resolve_pointer(pointer)
-    return path
-
-
-def resolve_pointer(pointer: Path) -> Path:
-    """The checkpoint directory a run's `latest` file names; MegabyteError unless it lies inside the run."""
-    run, target = pointer.parent, ""
-    try:
-        with open(pointer, "rb") as f:
-            target = f.read(4096).decode("utf-8", errors="replace").strip()  # a few dozen bytes when genuine
-        resolved = (run / target).resolve()
-        inside = bool(target) and run.resolve() in resolved.parents and resolved.is_dir()
-    except (OSError, ValueError):  # unreadable, or a name no file system accepts (a NUL byte)
-        inside = False
-    if not inside:
-        raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r:.80})")
-    return resolved
-
-
 def load(directory, *, device: str | torch.device = "cpu"):
-    """Rebuild a model saved by `save_pretrained` from its directory alone (or a run's latest checkpoint)."""
-    directory = resolve_checkpoint(directory)
+    """Rebuild a model saved by `save_pretrained` from its directory alone. (`megabyte.load`
+    also takes a training run directory: see `megabyte.training.checkpoint.load`.)"""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MegabyteError(f"{directory}: no such model directory")
     config = read_config(directory)
     check_weights_size(config, directory / WEIGHTS)
     model = build_model(config)

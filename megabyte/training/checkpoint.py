@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from megabyte.atomic import ASIDE_SUFFIX, atomic_write_bytes, fsync_dir, fsync_file, replace_dir
 from megabyte.errors import MegabyteError
-from megabyte.model.io import LATEST, atomic_write_bytes, resolve_pointer
+from megabyte.model.io import CONFIG
+from megabyte.model.io import load as load_model_dir
 from megabyte.training.faults import inject
 
 CHECKPOINTS = "checkpoints"
@@ -40,8 +42,41 @@ OPTIMIZER = "optimizer.safetensors"
 DATA_META = "data_meta.json"
 STATE_FORMAT = "megabyte-trainer-state"
 STATE_VERSION = 1
+LATEST = "latest"
+"""In a run directory: the relative path of the newest complete checkpoint."""
 _TMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
+
+
+def resolve_checkpoint(path) -> Path:
+    """A model directory (config.json + model.safetensors), or a run directory whose `latest`
+    file names its newest complete checkpoint, e.g. `checkpoints/step-00001000`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MegabyteError(f"{path}: no such model directory")
+    pointer = path / LATEST
+    if not (path / CONFIG).exists() and pointer.is_file():
+        return resolve_pointer(pointer)
+    return path
+
+
+def resolve_pointer(pointer: Path) -> Path:
+    """The checkpoint directory a run's `latest` file names; MegabyteError unless it lies inside the run."""
+    run, target = pointer.parent, ""
+    try:
+        with open(pointer, "rb") as f:
+            target = f.read(4096).decode("utf-8", errors="replace").strip()  # a few dozen bytes when genuine
+        resolved = (run / target).resolve()
+        inside = bool(target) and run.resolve() in resolved.parents and resolved.is_dir()
+    except (OSError, ValueError):  # unreadable, or a name no file system accepts (a NUL byte)
+        inside = False
+    if not inside:
+        raise MegabyteError(f"{pointer}: does not name a checkpoint directory inside the run ({target!r:.80})")
+    return resolved
+
+
+def load(path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """`megabyte.load`: the model of a model directory, or of a run directory's latest checkpoint."""
+    return load_model_dir(resolve_checkpoint(path), device=device)
 
 
 def checkpoint_name(step: int) -> str:
@@ -88,49 +123,20 @@ def save_checkpoint(
         write_json(tmp / TRAINER_STATE, trainer_state)
         inject("checkpoint.trainer_state", step)
         save_file({k: v.detach().contiguous().cpu() for k, v in optimizer_tensors.items()}, str(tmp / OPTIMIZER))
-        _fsync_file(tmp / OPTIMIZER)
-        _fsync_dir(tmp)
+        fsync_file(tmp / OPTIMIZER)
+        fsync_dir(tmp)
         inject("checkpoint.optimizer", step)
-        _replace_dir(tmp, root / name)
+        replace_dir(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     inject("checkpoint.renamed", step)
     atomic_write_bytes(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n".encode())
-    _fsync_dir(Path(run_dir))
+    fsync_dir(Path(run_dir))
     inject("checkpoint.latest", step)
     prune_checkpoints(run_dir, keep_last)
     return root / name
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` (a save of the same step) is moved aside first."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f"{_OLD_PREFIX}{dst.name}-{secrets.token_hex(4)}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -150,8 +156,8 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     for path in list_checkpoints(run_dir)[:-keep_last]:
         if latest is None or path.resolve() != latest.resolve():
             # Renamed first, so that a run killed while deleting leaves no half-deleted
-            # checkpoint, only an .old-* directory for the next run to clear away.
-            old = path.with_name(f"{_OLD_PREFIX}{path.name}-{secrets.token_hex(4)}")
+            # checkpoint, only an .*.old directory for the next run to clear away.
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}{ASIDE_SUFFIX}")
             try:
                 os.replace(path, old)
             except OSError:  # like a failed delete, not worth stopping the run: a later prune retries
@@ -166,7 +172,7 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
+            if path.name.startswith(_TMP_PREFIX) or (path.name.startswith(".") and path.name.endswith(ASIDE_SUFFIX)):
                 shutil.rmtree(path, ignore_errors=True)
     if Path(run_dir).is_dir():
         for path in Path(run_dir).iterdir():

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from megabyte.atomic import atomic_write_bytes
 from megabyte.errors import MegabyteError
-from megabyte.model.io import atomic_write_bytes
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"

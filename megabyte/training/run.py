@@ -18,7 +18,7 @@ from typing import Any
 from megabyte import __version__
 from megabyte.data.dataset import ByteDataset
 from megabyte.errors import MegabyteError
-from megabyte.model.io import LATEST, WEIGHTS, check_weights_size, read_config
+from megabyte.model.io import WEIGHTS, check_weights_size, read_config
 from megabyte.training import checkpoint as ckpt
 from megabyte.training.config import RESUMABLE, TrainConfig
 
@@ -79,7 +79,7 @@ def prepare_fresh_run(out_dir: Path) -> None:
     """A fresh run needs an absent, empty or checkpoint-free RUN directory."""
     if out_dir.exists() and not out_dir.is_dir():
         raise MegabyteError(f"--out {out_dir} exists and is not a directory")
-    if (out_dir / LATEST).exists() or ckpt.list_checkpoints(out_dir):
+    if (out_dir / ckpt.LATEST).exists() or ckpt.list_checkpoints(out_dir):
         raise MegabyteError(f"{out_dir} already holds a training run with checkpoints: pass --resume to "
                             "continue it, or choose another --out")
     try:
@@ -125,7 +125,7 @@ def _latest_or_error(out_dir: Path) -> Path:
         raise MegabyteError(f"cannot resume: the run directory {out_dir} does not exist")
     checkpoint = ckpt.latest_checkpoint(out_dir)
     if checkpoint is None:
-        raise MegabyteError(f"cannot resume: {out_dir} has no checkpoint ({out_dir / LATEST} is missing)")
+        raise MegabyteError(f"cannot resume: {out_dir} has no checkpoint ({out_dir / ckpt.LATEST} is missing)")
     return checkpoint
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 import megabyte
 from megabyte.cli import main
-from megabyte.codecs import bytes_to_wav, image_to_bytes
+from megabyte.data.codecs import bytes_to_wav, image_to_bytes
 
 
 def make_run(tmp_path, data_meta=None, max_seq_len=96):

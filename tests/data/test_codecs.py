@@ -1,4 +1,4 @@
-"""megabyte.codecs: exact inverses, the patch-scan layout, audio decoding and resampling."""
+"""megabyte.data.codecs: exact inverses, the patch-scan layout, audio decoding and resampling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from data_helpers import write_png, write_wav
 from PIL import Image
 
-from megabyte.codecs import audio_to_bytes, bytes_to_image, bytes_to_wav, image_to_bytes
+from megabyte.data.codecs import audio_to_bytes, bytes_to_image, bytes_to_wav, image_to_bytes
 from megabyte.errors import MegabyteError
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from data_helpers import write_idx, write_png, write_wav
 
-from megabyte.codecs import audio_to_bytes, bytes_to_image, image_to_bytes
 from megabyte.data.audio import prepare_audio
+from megabyte.data.codecs import audio_to_bytes, bytes_to_image, image_to_bytes
 from megabyte.data.dataset import load_dataset
 from megabyte.data.image import prepare_image
 from megabyte.data.text import prepare_text

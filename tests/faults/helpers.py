@@ -104,7 +104,7 @@ def latest_step(run: Path) -> int | None:
 def assert_run_intact(run: Path) -> int | None:
     """No corrupt file in RUN: every checkpoint directory is complete and loads (weights, optimizer,
     trainer state of its own step), `latest` names one, every JSON file parses. Returns the latest step.
-    Half-written checkpoints of a killed save may lie in `.tmp-*` / `.old-*` directories, which
+    Half-written checkpoints of a killed save may lie in `.tmp-*` / `.*.old` directories, which
     `list_checkpoints` and `latest` never name; the next run clears them away."""
     run = Path(run)
     for path in ckpt.list_checkpoints(run):
