@@ -148,8 +148,16 @@ def resume_mode(args: argparse.Namespace) -> bool:
 
     if latest_checkpoint(Path(args.out)) is not None:
         return True
-    print(f"--resume auto: {args.out} holds no checkpoint yet, starting a new run", file=sys.stderr)
+    if _first_process():
+        print(f"--resume auto: {args.out} holds no checkpoint yet, starting a new run", file=sys.stderr)
     return False
+
+
+def _first_process() -> bool:
+    """Whether this is the only process, or rank 0 of torchrun's (which alone speaks)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
@@ -206,7 +214,7 @@ def fit_preset(model_config, train_config, data_dir: str, preset_name: str, fixe
 
     data = load_dataset(data_dir)
     model_config, notes = fit_to_data(model_config, data, seq_len=train_config.seq_len, fixed=fixed)
-    if notes:
+    if notes and _first_process():
         print(f"preset {preset_name} fitted to the {data.modality} data: {'; '.join(notes)} "
               "(set model.FIELD=VALUE to choose otherwise)")
     return model_config

@@ -126,11 +126,10 @@ def save_checkpoint(
         fsync_file(tmp / OPTIMIZER)
         fsync_dir(tmp)
         inject("checkpoint.optimizer", step)
-        replace_dir(tmp, root / name)
+        replace_dir(tmp, root / name)  # fsyncs `root` too
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(root)
     inject("checkpoint.renamed", step)
     atomic_write_bytes(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n".encode())
     fsync_dir(Path(run_dir))
