@@ -189,6 +189,7 @@ def evaluate(
     window_stride: int | None = None,
     max_bytes: int | None = None,
     item_len: int | None = None,
+    align: int = 1,
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device | None = None,
@@ -201,6 +202,9 @@ def evaluate(
     strided / sliding_window / window_stride: the inference method (module doc); they combine.
     max_bytes: score only the first `max_bytes` bytes (whole items when `item_len` is set).
     item_len: bytes per image: each image is scored on its own from its first byte.
+    align: every window starts at a multiple of this (`ByteDataset.align`: 2 for 16-bit audio, so
+        that no window starts on a sample's high byte); seq_len, stride and the strided offset
+        must be multiples of it, and max_bytes is rounded down to it.
     rank, world_size: this process's share of the windows; sum the results with `reduce_result`.
     device: where the windows go (default: where the model's parameters are).
     autocast_dtype: run the forward under `torch.autocast` in this dtype (e.g. torch.bfloat16);
@@ -215,13 +219,16 @@ def evaluate(
     if max_bytes is not None:
         if max_bytes < 1:
             raise MegabyteError(f"max_bytes must be at least 1, got {max_bytes}")
-        keep = max_bytes if not item_len else max_bytes // item_len * item_len
+        unit = item_len or align
+        keep = max_bytes // unit * unit
         if keep == 0:
             raise MegabyteError(f"max_bytes {max_bytes} is less than one image of {item_len} bytes")
         data = data[:keep]
     stride = _check_args(config, len(data), seq_len, batch_size, sliding_window, window_stride, item_len,
                          rank, world_size)
     patch = _strided_patch(config) if strided else None
+    if not item_len:
+        _check_alignment(align, seq_len, stride if sliding_window else None, patch // 2 if patch else None)
 
     jobs = plan_windows(len(data), seq_len, stride=stride, patch=patch, item_len=item_len)
     batches = rank_batches(jobs, batch_size, rank, world_size)
@@ -327,6 +334,18 @@ def _strided_patch(config: Any) -> int:
     if sub_sizes[0] < 2:
         raise MegabyteError(f"strided inference needs a top-level patch of at least 2 bytes, got {sub_sizes[0]}")
     return int(sub_sizes[0])
+
+
+def _check_alignment(align: int, seq_len: int, stride: int | None, offset: int | None) -> None:
+    """Windows start at multiples of seq_len, the stride and the strided offset: each must be a
+    multiple of `align`, or some window would start inside a 16-bit sample."""
+    if align < 1:
+        raise MegabyteError(f"align must be at least 1, got {align}")
+    for what, value in (("seq_len", seq_len), ("the sliding-window stride", stride),
+                        ("the strided offset (half the top patch)", offset)):
+        if value is not None and value % align:
+            raise MegabyteError(f"{what} is {value}, not a multiple of {align}: on this data (whole {align}-byte "
+                                "samples) every window must start on a sample")
 
 
 def _check_args(config, n, seq_len, batch_size, sliding_window, window_stride, item_len, rank, world_size) -> int:

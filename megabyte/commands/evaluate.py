@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         checkpoint = _checkpoint_dir(args.run, resolve_checkpoint)
         model = megabyte.load(checkpoint, device=device)
-        data, item_len = _read_split(args.data, args.split)
+        data, item_len, align = _read_split(args.data, args.split)
         seq_len = model.config.max_seq_len if args.seq_len is None else args.seq_len
         _check_length(data, args, seq_len, item_len)
         dtype = _autocast_dtype(args.dtype, device)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(
             model, data, seq_len=seq_len, batch_size=args.batch_size, strided=args.strided,
             sliding_window=args.sliding_window, window_stride=args.stride, max_bytes=args.max_bytes,
-            item_len=item_len, rank=rank, world_size=world_size, device=device, autocast_dtype=dtype,
+            item_len=item_len, align=align, rank=rank, world_size=world_size, device=device, autocast_dtype=dtype,
             progress=bar.update if bar else None,
         )
         result = reduce_result(result)
@@ -136,30 +136,12 @@ def _checkpoint_dir(run: str, resolve) -> Path:
 
 
 def _read_split(directory: str, split: str):
-    """The split's bytes (memory-mapped) and the dataset's item length (images), or None."""
-    try:
-        from megabyte.data.dataset import load_dataset
-    except ImportError:  # the data package is optional here: read the documented format directly
-        return _read_split_plain(Path(directory), split)
+    """The split's bytes (memory-mapped), the dataset's item length (images) or None, and the
+    alignment of its windows (2 for 16-bit audio)."""
+    from megabyte.data.dataset import load_dataset
+
     dataset = load_dataset(directory)
-    return dataset.split(split), dataset.item_len
-
-
-def _read_split_plain(directory: Path, split: str):
-    import numpy as np
-
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
-        raise MegabyteError(f"{directory} is not a prepared dataset: it has no meta.json")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise MegabyteError(f"{meta_path}: unreadable or corrupt ({exc})") from None
-    path = directory / f"{split}.bin"
-    if not path.is_file():
-        raise MegabyteError(f"{path} is missing: the dataset has no {split} split")
-    data = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
-    return data, (int(meta["item_len"]) if meta.get("item_len") else None)
+    return dataset.split(split), dataset.item_len, dataset.align
 
 
 def _check_length(data, args: argparse.Namespace, seq_len: int, item_len: int | None) -> None:

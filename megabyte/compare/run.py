@@ -256,7 +256,7 @@ def evaluate_entry(entry: Entry, summary: dict, data, *, tokens=None, eval_bytes
     results = {}
     for method, strided, sliding in methods:
         result = evaluate(model, val, seq_len=seq_len, batch_size=batch_size, strided=strided,
-                          sliding_window=sliding, max_bytes=eval_bytes, item_len=data.item_len,
+                          sliding_window=sliding, max_bytes=eval_bytes, item_len=data.item_len, align=data.align,
                           device=device, autocast_dtype=dtype)
         results[method] = result.to_dict()
     return results

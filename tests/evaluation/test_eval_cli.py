@@ -136,12 +136,17 @@ def test_torchrun_over_two_processes_gives_the_single_process_numbers(setup, cap
     assert both["bpb"] == pytest.approx(single["bpb"], rel=1e-6)
 
 
-def test_the_plain_reader_understands_the_dataset_format(tmp_path):
-    # Used when megabyte.data is absent: same bytes and item length as the data package gives.
-    from megabyte.commands.evaluate import _read_split, _read_split_plain
-
-    images = real_text(48)
-    data = write_dataset(tmp_path / "data", images, item_len=16)
-    plain, item_len = _read_split_plain(data, "val")
-    assert item_len == 16 and bytes(plain) == images.tobytes()
-    assert bytes(_read_split(str(data), "val")[0]) == images.tobytes()
+def test_audio_windows_start_on_whole_samples(setup, tmp_path, capsys):
+    """On 16-bit audio every window starts on a sample: a window length, stride or strided
+    offset that would start one on a high byte is an error naming it; whole ones evaluate."""
+    _, val, run, _ = setup
+    data = write_dataset(tmp_path / "audio", val[: len(val) // 2 * 2])
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "modality": "audio", "sample_width": 2}))
+    for bad, what in ((["--seq-len", "31"], "seq_len is 31"),
+                      (["--sliding-window", "--stride", "7"], "stride is 7")):
+        assert main(["eval", str(run), "--data", str(data), *bad]) == 2
+        err = capsys.readouterr().err
+        assert what in err and "not a multiple of 2" in err, err
+    report = run_json(capsys, run, "--data", data, "--sliding-window", "--stride", "8", "--max-bytes", "101")
+    assert report["bytes"] == 100  # rounded down to whole samples
