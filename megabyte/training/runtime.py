@@ -130,10 +130,12 @@ class Runtime:
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self, wait: float = 10.0) -> None:
+    def close(self, wait: float = 1.0) -> None:
         """Leave the process group if `init_distributed` created it, and wait (up to `wait`
         seconds) until its native threads have ended. Call it after the objects that use the
-        group (the DDP or FSDP model, the trainer) are released: they hold the group too."""
+        group (the DDP or FSDP model, the trainer) are released: they hold the group too. (A
+        group that is destroyed joins its threads at once; one that something still holds keeps
+        them however long we wait, so the wait is short.)"""
         if not self.owns_group:
             return
         import torch.distributed as dist
