@@ -27,10 +27,10 @@ FAILING = str(Path(__file__).with_name("failing_rank.py"))
 CLEAN_EXIT = str(Path(__file__).with_name("clean_exit.py"))
 
 
-def assert_clean_exit(done) -> None:
-    """Both ranks ended with no thread of the process group left: a thread alive at interpreter
+def assert_clean_exit(done, ranks=(0, 1)) -> None:
+    """`ranks` ended with no thread of the process group left: a thread alive at interpreter
     exit is what aborted two-process runs ("terminate called without an active exception")."""
-    for rank in (0, 1):
+    for rank in ranks:
         assert f"rank {rank}: group threads left: none" in done.stdout, done.stdout
     assert "terminate called" not in done.stdout, done.stdout
 
@@ -122,6 +122,8 @@ def test_a_stop_requested_on_one_rank_stops_all_at_the_same_step(text_data, tmp_
                              *COMMON, "--max-steps", "20", script=FAILING,
                              env={"FAIL_RANK": "1", "FAIL_STEP": "4", "FAIL_HOW": "stop"}, timeout=120)
     assert "Timed out" not in done.stdout and seconds < 60, done.stdout
-    assert_clean_exit(done)
+    # Rank 1 leaves on its own; torchrun then sends SIGTERM to rank 0, which may arrive after
+    # its training returned (and end it by default there), so only rank 1 must report.
+    assert_clean_exit(done, ranks=(1,))
     assert (run / "latest").read_text().strip() == "checkpoints/step-00000004"
     assert [s for s, _, _ in losses(run)] == [1, 2, 3, 4]
