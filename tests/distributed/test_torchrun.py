@@ -73,9 +73,12 @@ def test_fsdp_on_two_then_resume_on_one(reference, text_data, tmp_path):
     done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON, "--max-steps", str(K),
                        "--parallel", "fsdp", script=CLEAN_EXIT)
     assert done.returncode == 0, done.stdout
-    # FSDP2's DTensor caches keep the group alive past `close`: the command leaves through
-    # os._exit (after flushing) instead of returning, so no rank reaches the interpreter's teardown.
-    assert "group threads left" not in done.stdout and "terminate called" not in done.stdout, done.stdout
+    # FSDP2's DTensor caches (torch 2.13) keep the group alive past `close`: the command then
+    # leaves through os._exit (after flushing) instead of returning, so no rank reaches the
+    # interpreter's teardown and none reports; a rank that does return must report no thread.
+    reports = [line for line in done.stdout.splitlines() if "group threads left:" in line]
+    assert all(line.endswith(": none") for line in reports), done.stdout
+    assert "terminate called" not in done.stdout, done.stdout
     assert_follows(run, reference, K)
     state = json.loads((run / f"checkpoints/step-{K:08d}/trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
