@@ -39,17 +39,8 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
 @contextmanager
 def atomic_open(path) -> Iterator[BinaryIO]:
     """`with atomic_open(path) as f: f.write(...)`: `path` appears, complete, only on success."""
-    path = Path(path)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 @contextmanager
