@@ -36,6 +36,11 @@ Images (`item_len` set): every image is scored on its own, from its own first by
 above run inside each image [k*item_len, (k+1)*item_len), so no window holds bytes of two images.
 With item_len <= L that is one window per image; a larger image gets several windows, as text does.
 
+A sample (`sample_bytes` S < N; what validation during training scores, `train.eval_bytes`):
+max(1, S // L) windows of L bytes, evenly spaced over the data and not overlapping (whole images
+with `item_len`: S // item_len of them), each scored on its own as an image is; with S >= N, the
+whole data as above. `megabyte eval --sample-bytes S` scores the same bytes as training did.
+
 Distributed: the windows are listed in one deterministic order, and rank r of W takes windows
 r, r+W, r+2W, ... `evaluate` returns that rank's *sums* (nats, bytes, forward bytes); add them
 over ranks (`reduce_result`) before dividing: bpb = total nats / (ln 2 * total bytes), never an
@@ -133,18 +138,34 @@ def base_windows(begin: int, end: int, seq_len: int, stride: int) -> list[tuple[
     return out
 
 
+def sample_segments(n: int, length: int, sample_bytes: int, unit: int = 1) -> list[tuple[int, int]] | None:
+    """(begin, end) of about `sample_bytes` bytes in evenly spaced, non-overlapping spans of
+    `length` bytes starting at multiples of `unit` (at least one span); None when the sample
+    would hold all `n` bytes (then score them all)."""
+    length = min(length, n - n % unit)
+    if sample_bytes >= n or length <= 0:
+        return None
+    count = min(n // length, max(1, sample_bytes // length))
+    starts = np.unique(np.linspace(0, n - length, count).astype(np.int64) // unit * unit)
+    return [(int(s), int(s) + length) for s in starts]
+
+
 def plan_windows(
-    n: int, seq_len: int, *, stride: int | None = None, patch: int | None = None, item_len: int | None = None
+    n: int, seq_len: int, *, stride: int | None = None, patch: int | None = None, item_len: int | None = None,
+    segments: list[tuple[int, int]] | None = None,
 ) -> list[Window]:
     """Every forward pass of an evaluation of `n` bytes, in a fixed order (see the module doc).
 
     `stride`: sliding-window stride (None: basic). `patch`: top-level patch size P for strided
     inference (None: off). `item_len`: score each item of that many bytes on its own.
+    `segments`: score only these (begin, end) spans, each on its own (`sample_segments`).
     """
-    segment = item_len or n
+    if segments is None:
+        size = item_len or n
+        segments = [(begin, min(begin + size, n)) for begin in range(0, n, size)]
     jobs: list[Window] = []
-    for begin in range(0, n, segment):
-        for start, stop, lo, hi in base_windows(begin, min(begin + segment, n), seq_len, stride or seq_len):
+    for begin, end in segments:
+        for start, stop, lo, hi in base_windows(begin, end, seq_len, stride or seq_len):
             if patch is None:
                 jobs.append(Window(start, stop - start, lo, hi))
                 continue
@@ -188,6 +209,7 @@ def evaluate(
     sliding_window: bool = False,
     window_stride: int | None = None,
     max_bytes: int | None = None,
+    sample_bytes: int | None = None,
     item_len: int | None = None,
     align: int = 1,
     rank: int = 0,
@@ -201,6 +223,7 @@ def evaluate(
     seq_len: window length (default and maximum: the model's `max_seq_len`).
     strided / sliding_window / window_stride: the inference method (module doc); they combine.
     max_bytes: score only the first `max_bytes` bytes (whole items when `item_len` is set).
+    sample_bytes: score an evenly spaced sample of about this many bytes (module doc).
     item_len: bytes per image: each image is scored on its own from its first byte.
     align: every window starts at a multiple of this (`ByteDataset.align`: 2 for 16-bit audio, so
         that no window starts on a sample's high byte); seq_len, stride and the strided offset
@@ -215,34 +238,54 @@ def evaluate(
     """
     config = model.config
     seq_len = config.max_seq_len if seq_len is None else seq_len
-    data = _as_bytes(data)
-    if max_bytes is not None:
-        if max_bytes < 1:
-            raise MegabyteError(f"max_bytes must be at least 1, got {max_bytes}")
-        unit = item_len or align
-        keep = max_bytes // unit * unit
-        if keep == 0:
-            raise MegabyteError(f"max_bytes {max_bytes} is less than one image of {item_len} bytes")
-        data = data[:keep]
+    data = _first_bytes(_as_bytes(data), max_bytes, item_len or align, item_len)
     stride = _check_args(config, len(data), seq_len, batch_size, sliding_window, window_stride, item_len,
                          rank, world_size)
     patch = _strided_patch(config) if strided else None
     if not item_len:
         _check_alignment(align, seq_len, stride if sliding_window else None, patch // 2 if patch else None)
-
-    jobs = plan_windows(len(data), seq_len, stride=stride, patch=patch, item_len=item_len)
+    segments = None
+    if sample_bytes is not None:
+        if max_bytes is not None or sample_bytes < 1:
+            raise MegabyteError(f"sample_bytes must be at least 1 and comes without max_bytes, got {sample_bytes}")
+        segments = sample_segments(len(data), item_len or seq_len, sample_bytes, item_len or align)
+    jobs = plan_windows(len(data), seq_len, stride=stride, patch=patch, item_len=item_len, segments=segments)
     batches = rank_batches(jobs, batch_size, rank, world_size)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-
-    nats, scored, forward, windows = score_windows(model, data, batches, device=device,
-                                                   autocast_dtype=autocast_dtype, progress=progress)
+    nats, scored, forward, windows, _ = score_windows(model, data, batches, device=torch.device(device),
+                                                      autocast_dtype=autocast_dtype, progress=progress)
     method = "+".join(m for m, on in (("strided", strided), ("sliding-window", sliding_window)) if on) or "basic"
     return EvalResult(
         nats=float(nats), bytes=scored, forward_bytes=forward, method=method, seq_len=seq_len,
         stride=stride if sliding_window else None, offset=patch // 2 if patch else None, windows=windows,
     )
+
+
+def _first_bytes(data: np.ndarray, max_bytes: int | None, unit: int, item_len: int | None) -> np.ndarray:
+    """The first `max_bytes` of `data`, rounded down to whole `unit`s (images, samples)."""
+    if max_bytes is None:
+        return data
+    if max_bytes < 1:
+        raise MegabyteError(f"max_bytes must be at least 1, got {max_bytes}")
+    keep = max_bytes // unit * unit
+    if keep == 0:
+        raise MegabyteError(f"max_bytes {max_bytes} is less than one image of {item_len} bytes")
+    return data[:keep]
+
+
+class Scores(NamedTuple):
+    """What `score_windows` summed over the windows it ran."""
+
+    nats: Tensor
+    """Summed loss in nats (a float64 tensor)."""
+    scored: int
+    """Positions scored."""
+    forward: int
+    """Positions run through the model (padding batches excluded)."""
+    windows: int
+    bytes: int
+    """Bytes of data the scored positions stand for (= scored for bytes; tokens: their UTF-8 bytes)."""
 
 
 def score_windows(
@@ -253,17 +296,20 @@ def score_windows(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[Tensor, int, int, int]:
+    byte_lengths: np.ndarray | None = None,
+) -> Scores:
     """Run `model` over the planned batches of windows of `data` (1-D ids: bytes or tokens) and
-    sum the loss of the positions each window scores. Returns (nats as a float64 tensor, positions
-    scored, positions run through the model, windows). The model runs in eval mode, restored after."""
+    sum the loss of the positions each window scores. `byte_lengths` (V,): the bytes each token
+    id stands for (None: one per position). The model runs in eval mode, restored after; no
+    gradients (no_grad, not inference_mode: validation runs between training steps, and a tensor
+    a module caches here must stay usable by autograd)."""
     nats = torch.zeros((), dtype=torch.float64, device=device)
-    scored = forward = windows = 0
+    scored = forward = windows = count_bytes = 0
     was_training = model.training
     model.eval()
     try:
         autocast = nullcontext() if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype)
-        with torch.inference_mode(), autocast:
+        with torch.no_grad(), autocast:
             for batch in batches:
                 rows = np.stack([data[j.start : j.start + j.length] for j in batch])  # (B, T)
                 mask = np.stack([j.mask() for j in batch])  # (B, T)
@@ -274,13 +320,14 @@ def score_windows(
                     continue
                 nats += summed_nats(logits, x, torch.from_numpy(mask).to(device))
                 scored += count
+                count_bytes += count if byte_lengths is None else int(byte_lengths[rows[mask]].sum())
                 forward += rows.size
                 windows += len(batch)
                 if progress is not None:
                     progress(count)
     finally:
         model.train(was_training)
-    return nats, scored, forward, windows
+    return Scores(nats, scored, forward, windows, count_bytes)
 
 
 def summed_nats(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:

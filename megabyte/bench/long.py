@@ -14,12 +14,9 @@ machine.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import megabyte
 
 
 @dataclass
@@ -36,45 +33,6 @@ class LongOptions:
     timeout_s: float = 3600.0
 
 
-def long_config(kind: str, seq_len: int, quick: bool):
-    if kind == "megabyte":
-        if quick:
-            return megabyte.MegabyteConfig(patch_sizes=(4, 4), dims=(64, 32, 16), depths=(1, 1, 1),
-                                           embed_dims=(4, 8, 16), max_seq_len=seq_len)
-        return megabyte.MegabyteConfig(patch_sizes=(16, 8), dims=(512, 256, 128), depths=(6, 2, 2), heads=(8, 4, 2),
-                                       embed_dims=(8, 32, 128), max_seq_len=seq_len)
-    if quick:
-        return megabyte.TransformerConfig(dim=32, depth=1, max_seq_len=seq_len)
-    return megabyte.TransformerConfig(dim=512, depth=8, heads=8, max_seq_len=seq_len)
-
-
-def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
-    """Worker side: build the model, take one step (forward, backward, AdamW) on one sequence."""
-    from megabyte.bench.rows import adamw, autocast
-    from megabyte.bench.worker import peak_memory
-
-    cfg = long_config(spec["kind"], spec["seq_len"], spec.get("quick", False))
-    model = megabyte.build_model(cfg).to(device).train()
-    if spec.get("checkpointing"):
-        for module in model.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = True
-    opt = adamw(model.parameters(), fused=True)
-    x = torch.randint(0, 256, (1, spec["seq_len"]), device=device)
-    start = time.perf_counter()
-    with autocast(device, spec.get("dtype", "bf16")):
-        loss = model.loss(x).mean
-    forward = time.perf_counter() - start
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss.detach()),
-            "params": sum(p.numel() for p in model.parameters()), "peak_memory": peak_memory(torch, device),
-            "config": cfg.to_dict()}
-
-
 def available_gib() -> float | None:
     try:
         with open("/proc/meminfo") as f:
@@ -87,7 +45,7 @@ def available_gib() -> float | None:
 
 
 def run_long(opts: LongOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from megabyte.bench.speed import machine, run_worker, worker_env
+    from megabyte.bench.harness import machine, run_worker, worker_env
 
     env = worker_env(opts.threads)
 

@@ -31,10 +31,19 @@ import torch
 import megabyte
 from megabyte.bench.flops import counted_flops
 from megabyte.model.flops import training_flops
+from megabyte.model.registry import get_kind, kind_names
 
-OURS = ("megabyte", "transformer", "perceiver-ar")
 EXTERNAL = {"megabyte-pytorch": "MEGABYTE_pytorch", "mblm": "mblm"}
-ALL_ROWS = (*OURS, *EXTERNAL)
+
+
+def ours() -> tuple[str, ...]:
+    """Our rows: every registered byte model kind with bench shapes (`ModelKind.sized`)."""
+    return tuple(name for name in kind_names(units="bytes") if get_kind(name).sized is not None)
+
+
+def all_rows() -> tuple[str, ...]:
+    return (*ours(), *EXTERNAL)
+
 OPTIONS = ("fp32", "bf16", "eager", "compile", "heap", "malloc")
 
 
@@ -57,15 +66,15 @@ class RowSpec:
     @classmethod
     def parse(cls, text: str, *, dtype: str, compile: bool, external_dtype: str) -> RowSpec:
         name, *opts = text.strip().split("/")
-        if name not in ALL_ROWS:
-            raise ValueError(f"unknown row {name!r} (known: {', '.join(ALL_ROWS)})")
+        if name not in all_rows():
+            raise ValueError(f"unknown row {name!r} (known: {', '.join(all_rows())})")
         for opt in opts:
             if opt not in OPTIONS:
                 raise ValueError(f"unknown row option {opt!r} in {text!r} (known: {', '.join(OPTIONS)})")
-        ours = name in OURS
-        row_dtype = dtype if ours else external_dtype
-        row_compile = compile and ours
-        heap = ours
+        mine = name in ours()
+        row_dtype = dtype if mine else external_dtype
+        row_compile = compile and mine
+        heap = mine
         for opt in opts:
             if opt in ("fp32", "bf16"):
                 row_dtype = opt
@@ -106,16 +115,8 @@ class Sizes:
 
 
 def our_config(name: str, sizes: Sizes, max_seq_len: int):
-    s = sizes
-    if name == "megabyte":
-        return megabyte.MegabyteConfig(
-            patch_sizes=(s.patch,), dims=(s.global_dim, s.local_dim), depths=(s.global_depth, s.local_depth),
-            heads=(s.heads, s.local_heads), max_seq_len=max_seq_len,
-        )
-    if name == "transformer":
-        return megabyte.TransformerConfig(dim=s.flat_dim, depth=s.flat_depth, heads=s.heads, max_seq_len=max_seq_len)
-    return megabyte.PerceiverARConfig(dim=s.flat_dim, depth=s.flat_depth, heads=s.heads, max_seq_len=max_seq_len,
-                                      num_latents=min(s.latents, max_seq_len))
+    """The config of our row `name` at `sizes` (the kind's `sized` in the registry)."""
+    return get_kind(name).sized(sizes, max_seq_len)
 
 
 def autocast(device: torch.device, dtype: str):
@@ -284,5 +285,5 @@ def _quiet(fn):
 
 
 def build_row(spec: RowSpec, sizes: Sizes, max_seq_len: int, device: torch.device) -> Row:
-    cls = OurRow if spec.name in OURS else ExternalRow
+    cls = OurRow if spec.name in ours() else ExternalRow
     return cls(spec, sizes, max_seq_len, device)

@@ -10,19 +10,14 @@ range of the per-step rates, as a percentage of the median.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from megabyte.bench.rows import OURS, RowSpec
-from megabyte.bench.worker import RESULT_MARK
+from megabyte.bench.harness import machine, run_worker, worker_env
+from megabyte.bench.rows import RowSpec, ours
 
 DEFAULT_ROWS = "megabyte,transformer,perceiver-ar,megabyte-pytorch,mblm"
 REFERENCE = "megabyte-pytorch"
@@ -68,35 +63,6 @@ class SpeedOptions:
                       for r in self.rows]
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    """The environment of every worker: the same thread count for every library."""
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
-    return env
-
-
-def run_worker(spec: dict[str, Any], *, timeout_s: float, env: dict[str, str] | None = None,
-               inline: bool = False) -> dict[str, Any]:
-    """Run one measurement in a fresh Python process (or here, `inline`) and return its result."""
-    if inline:
-        from megabyte.bench.worker import run_task
-
-        return run_task({**spec, "mem_limit_gb": None, "threads": None})
-    cmd = [sys.executable, "-m", "megabyte.bench.worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    if proc.returncode < 0:  # killed by a signal: the kernel's out-of-memory killer sends SIGKILL
-        return {"error": f"killed by signal {-proc.returncode}", "oom": proc.returncode == -9}
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)[:300]}"}
-
-
 def summarize(times: list[float], amount: float) -> dict[str, float]:
     """Median rate `amount / time` over the steps, and its spread (half the range, % of median)."""
     rates = [amount / t for t in times]
@@ -108,32 +74,6 @@ def summarize(times: list[float], amount: float) -> dict[str, float]:
         "min_s": min(times),
         "max_s": max(times),
     }
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/loadavg") as f:
-            info["load_before"] = f.read().split()[:3]
-    except OSError:
-        pass
-    return info
 
 
 def _base_spec(opts: SpeedOptions) -> dict[str, Any]:
@@ -176,7 +116,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
         for s in opts.specs:
             spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
                     "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
-                    "repeats": opts.gen_repeats if s.name in OURS else 1}
+                    "repeats": opts.gen_repeats if s.name in ours() else 1}
             results["rows"][s.label]["generate"] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
     peaks.append(worker(peak_spec, "matmul peak (after)"))
     results["peak"] = {

@@ -136,9 +136,49 @@ def task_generate(spec: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def task_long(spec: dict[str, Any]) -> dict[str, Any]:
-    from megabyte.bench.long import long_step
+LONG_CONFIGS = {
+    # kind: (quick fields, full fields) of `megabyte bench --long`'s two models
+    "megabyte": ({"patch_sizes": (4, 4), "dims": (64, 32, 16), "depths": (1, 1, 1), "embed_dims": (4, 8, 16)},
+                 {"patch_sizes": (16, 8), "dims": (512, 256, 128), "depths": (6, 2, 2), "heads": (8, 4, 2),
+                  "embed_dims": (8, 32, 128)}),
+    "transformer": ({"dim": 32, "depth": 1}, {"dim": 512, "depth": 8, "heads": 8}),
+}
 
+
+def long_config(kind: str, seq_len: int, quick: bool):
+    from megabyte.model.registry import get_kind
+
+    return get_kind(kind).config_class(**LONG_CONFIGS[kind][0 if quick else 1], max_seq_len=seq_len)
+
+
+def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
+    """Worker side: build the model, take one step (forward, backward, AdamW) on one sequence."""
+    import megabyte
+    from megabyte.bench.rows import adamw, autocast
+
+    cfg = long_config(spec["kind"], spec["seq_len"], spec.get("quick", False))
+    model = megabyte.build_model(cfg).to(device).train()
+    if spec.get("checkpointing"):
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+    opt = adamw(model.parameters(), fused=True)
+    x = torch.randint(0, 256, (1, spec["seq_len"]), device=device)
+    start = time.perf_counter()
+    with autocast(device, spec.get("dtype", "bf16")):
+        loss = model.loss(x).mean
+    forward = time.perf_counter() - start
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss.detach()),
+            "params": sum(p.numel() for p in model.parameters()), "peak_memory": peak_memory(torch, device),
+            "config": cfg.to_dict()}
+
+
+def task_long(spec: dict[str, Any]) -> dict[str, Any]:
     torch, device = _setup(spec)
     return long_step(spec, torch, device)
 

@@ -25,7 +25,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from megabyte.bench.rows import ALL_ROWS
+    from megabyte.bench.rows import all_rows
     from megabyte.bench.speed import DEFAULT_ROWS
 
     p = subparsers.add_parser(
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rows", default=DEFAULT_ROWS,
-                   help=f"comma-separated rows, from {', '.join(ALL_ROWS)}; options after slashes, "
+                   help=f"comma-separated rows, from {', '.join(all_rows())}; options after slashes, "
                         f"e.g. megabyte/fp32/eager (default {DEFAULT_ROWS})")
     p.add_argument("--seq-lens", type=_ints, default=None, metavar="T,T",
                    help="training sequence lengths in bytes (default 2048,8192; --quick 256,512)")

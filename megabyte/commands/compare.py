@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from megabyte.errors import MegabyteError
-
 EPILOG = """examples:
   megabyte compare --data data/text --budget 2m --out runs/cmp                 CPU, a few minutes per model
   megabyte compare --data data/text --budget 3s --preset tiny --out /tmp/cmp   smoke run (seconds)
@@ -69,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
     from megabyte.compare.run import compare
 
-    if args.vocab_size < 256:
-        raise MegabyteError(f"--vocab-size must be at least 256 (the byte symbols), got {args.vocab_size}")
     out = args.out or str(Path("runs") / f"compare-{Path(args.data).resolve().name}")
     report = compare(
         args.data, out, models=args.models, budget=args.budget, flops=args.flops, preset=args.preset,

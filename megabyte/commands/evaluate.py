@@ -6,6 +6,7 @@ Examples::
     megabyte eval runs/small --data data/text --strided --sliding-window   # the paper's best method
     megabyte eval runs/small/checkpoints/step-00002000 --data data/text --split train --max-bytes 1000000
     megabyte eval runs/small --data data/text --json                       # one JSON object on stdout
+    megabyte eval runs/small --data data/text --sample-bytes 524288        # what training validated on
     torchrun --nproc-per-node 8 -m megabyte eval runs/big --data data/text # windows split over GPUs
 
 RUN is a training run directory (its `latest` checkpoint is used) or a checkpoint directory.
@@ -44,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, metavar="N", help="sliding-window stride (default seq_len // 2)")
     p.add_argument("--seq-len", type=int, metavar="N", help="window length (default: the model's max_seq_len)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward pass (default 8)")
-    p.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of the split")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of the split")
+    limit.add_argument("--sample-bytes", type=int, metavar="N",
+                       help="score about N bytes in evenly spaced windows over the split: the bytes a training "
+                       "run's validation scores with train.eval_bytes=N (with neither --strided nor "
+                       "--sliding-window: the bpb it logged)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available, else CPU (default)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -74,12 +80,14 @@ def run(args: argparse.Namespace) -> int:
         seq_len = model.config.max_seq_len if args.seq_len is None else args.seq_len
         _check_length(data, args, seq_len, item_len)
         dtype = _autocast_dtype(args.dtype, device)
-        bar = _progress(len(data) if args.max_bytes is None else min(len(data), args.max_bytes), world_size,
+        limit = args.max_bytes if args.max_bytes is not None else args.sample_bytes
+        bar = _progress(len(data) if limit is None else min(len(data), limit), world_size,
                         quiet=args.json or rank != 0)
         started = time.perf_counter()
         result = evaluate(
             model, data, seq_len=seq_len, batch_size=args.batch_size, strided=args.strided,
             sliding_window=args.sliding_window, window_stride=args.stride, max_bytes=args.max_bytes,
+            sample_bytes=args.sample_bytes,
             item_len=item_len, align=align, rank=rank, world_size=world_size, device=device, autocast_dtype=dtype,
             progress=bar.update if bar else None,
         )

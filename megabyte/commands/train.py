@@ -66,7 +66,7 @@ requeued jobs: SLURM `#SBATCH --requeue` with `srun megabyte train ... --resume 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from megabyte.training.presets import MODEL_KINDS, PRESETS
+    from megabyte.training.presets import PRESETS, model_kinds
 
     p = subparsers.add_parser(
         "train", help="train a model on a prepared dataset (checkpoints, metrics, exact resume)",
@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="config overrides, e.g. model.dims=512,256 train.batch_size=8")
     p.add_argument("--data", metavar="DIR", help="prepared dataset directory (optional with --resume)")
     p.add_argument("--out", metavar="RUN", help="run directory for checkpoints, metrics and the loss curve")
-    p.add_argument("--model", choices=list(MODEL_KINDS), help="model kind (default megabyte)")
+    p.add_argument("--model", metavar="KIND", help=f"model kind: {', '.join(model_kinds())} (default megabyte)")
     p.add_argument("--preset", metavar="NAME", help=f"shape and settings: {', '.join(PRESETS)} (default small)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file: preset, model_kind, [model], [train]")
     p.add_argument("--resume", nargs="?", const="yes", metavar="auto",

@@ -5,9 +5,11 @@ PerceiverAR and a subword (BPE) Transformer, with a matched budget, scored in bi
     report = compare("data/text", "runs/compare", budget="3m", preset="small")
     report["models"][0]["eval"]["basic"]["bpb"]
 
-Modules: `flops` (FLOP budgets; the count is `megabyte.model.flops`), `subword` (BPE, token data, training,
-scoring in bits per byte), `run` (planning, budgets, training, evaluation, generation speed),
-`report` (compare.json, compare.md, compare.png). `megabyte compare` is the command line.
+Modules: `flops` (FLOP budgets; the count is `megabyte.model.flops`), `subword` (BPE, token data, the
+objective `megabyte.training.Trainer` trains the subword model on, scoring in bits per byte), `run`
+(`CompareConfig`; planning, budgets, training, evaluation, generation speed), `report` (compare.json,
+compare.md, compare.png). `megabyte compare` is the command line; the models come from
+`megabyte.model.registry`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from megabyte.compare.flops import human_flops
 from megabyte.errors import MegabyteError
 
 METHODS = ("basic", "strided", "sliding", "strided+sliding")
-COLOURS = {"megabyte": "tab:red", "transformer": "tab:blue", "perceiver-ar": "tab:green", "subword": "tab:purple"}
 
 
 def write_reports(report: dict[str, Any], out_dir: str | Path) -> None:
@@ -50,18 +49,6 @@ def _bpb(scores: dict, method: str) -> str:
     return f"{result['bpb']:.4f}" if result else "-"
 
 
-def shape(model: dict) -> str:
-    """A one-line description of a model's size."""
-    c = model["config"]
-    if model["model_kind"] == "megabyte":
-        stages = " / ".join(f"{d}x{n}" for d, n in zip(c["dims"], c["depths"]))
-        return f"P={'x'.join(map(str, c['patch_sizes']))}, width x layers {stages} (global first)"
-    if model["model_kind"] == "perceiver-ar":
-        return f"{c['dim']} x (1 cross + {c['depth']} latent), {c['num_latents']} latents"
-    text = f"{c['dim']} x {c['depth']}"
-    return text + (f", {c['vocab_size']}-token vocabulary" if c.get("vocab_size", 256) != 256 else "")
-
-
 def describe_budget(report: dict) -> str:
     budget = report["budget"]
     if budget.get("seconds") is not None:
@@ -86,29 +73,26 @@ def describe_machine(report: dict) -> str:
 
 # ------------------------------------------------------------------------------------ curves
 def curve_crossings(models: list[dict]) -> list[dict[str, Any]]:
-    """For MEGABYTE against each other model: over the compute range where both validation
-    curves have points, which is lower at the start and end, and where they cross."""
-    by_name = {m["name"]: m for m in models}
-    if "megabyte" not in by_name:
+    """For the first model (the reference: MEGABYTE by default) against each other model: over
+    the compute range where both validation curves have points, which is lower at the start and
+    end, and where they cross."""
+    if not models:
         return []
-    mb = by_name["megabyte"]
-    out = []
-    for other in models:
-        if other["name"] == "megabyte":
-            continue
-        entry: dict[str, Any] = {"model": other["name"], "range": None, "crossings": []}
-        a, b = _points(mb["curve"]), _points(other["curve"])
+    ref, out = models[0], []
+    for other in models[1:]:
+        entry: dict[str, Any] = {"reference": ref["name"], "model": other["name"], "range": None, "crossings": []}
+        a, b = _points(ref["curve"]), _points(other["curve"])
         if len(a) >= 2 and len(b) >= 2:
             lo, hi = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
             if lo < hi:
                 grid = np.geomspace(lo, hi, 256)
-                diff = _interp(a, grid) - _interp(b, grid)  # < 0: MEGABYTE lower
-                entry.update(range=[float(lo), float(hi)], megabyte_lower_at_start=bool(diff[0] < 0),
-                             megabyte_lower_at_end=bool(diff[-1] < 0))
+                diff = _interp(a, grid) - _interp(b, grid)  # < 0: the reference is lower
+                entry.update(range=[float(lo), float(hi)], reference_lower_at_start=bool(diff[0] < 0),
+                             reference_lower_at_end=bool(diff[-1] < 0))
                 for i in np.nonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) < 0)[0]:
                     f = diff[i] / (diff[i] - diff[i + 1])
                     x = math.exp(math.log(grid[i]) + f * (math.log(grid[i + 1]) - math.log(grid[i])))
-                    entry["crossings"].append({"flops": x, "megabyte_lower_after": bool(diff[i + 1] < 0)})
+                    entry["crossings"].append({"flops": x, "reference_lower_after": bool(diff[i + 1] < 0)})
         out.append(entry)
     return out
 
@@ -128,41 +112,38 @@ def crossing_sentences(report: dict) -> list[str]:
     labels = {m["name"]: m["label"] for m in report["models"]}
     lines = []
     for c in report.get("crossings", []):
-        other = labels.get(c["model"], c["model"])
+        ref, other = labels.get(c["reference"], c["reference"]), labels.get(c["model"], c["model"])
         if not c["range"]:
-            lines.append(f"MEGABYTE vs {other}: too few validation points in a shared compute range to compare curves.")
+            lines.append(f"{ref} vs {other}: too few validation points in a shared compute range to compare curves.")
             continue
         lo, hi = (human_flops(x) for x in c["range"])
         where = f"between {lo} and {hi} of training compute"
+        first = ref if c["reference_lower_at_start"] else other
         if not c["crossings"]:
-            lower = "MEGABYTE" if c["megabyte_lower_at_start"] else other
-            lines.append(f"MEGABYTE vs {other}: {lower} is lower throughout {where} (no crossing).")
+            lines.append(f"{ref} vs {other}: {first} is lower throughout {where} (no crossing).")
             continue
-        parts = [f"{human_flops(x['flops'])} ({'MEGABYTE' if x['megabyte_lower_after'] else other} lower after)"
+        parts = [f"{human_flops(x['flops'])} ({ref if x['reference_lower_after'] else other} lower after)"
                  for x in c["crossings"]]
-        first = "MEGABYTE" if c["megabyte_lower_at_start"] else other
-        lines.append(f"MEGABYTE vs {other}: {first} is lower at first; the curves cross at {', '.join(parts)}, "
+        lines.append(f"{ref} vs {other}: {first} is lower at first; the curves cross at {', '.join(parts)}, "
                      f"{where}.")
     return lines
 
 
 def verdict(report: dict) -> list[str]:
-    """Where MEGABYTE wins or loses at the final, budget-matched scores."""
-    models = {m["name"]: m for m in report["models"]}
-    if "megabyte" not in models:
+    """Where the first model (the reference) wins or loses against each other at the final,
+    budget-matched scores."""
+    if not report["models"]:
         return []
-    mb = models["megabyte"]
-    best_mb = min((r["bpb"], method) for method, r in mb["eval"].items())
+    ref, *others = report["models"]
+    best_ref = min((r["bpb"], method) for method, r in ref["eval"].items())
     lines = []
-    for name, m in models.items():
-        if name == "megabyte":
-            continue
+    for m in others:
         best = min((r["bpb"], method) for method, r in m["eval"].items())
-        basic_gap = mb["eval"]["basic"]["bpb"] - m["eval"]["basic"]["bpb"]
-        best_gap = best_mb[0] - best[0]
-        who = f"MEGABYTE beats {m['label']}" if best_gap < 0 else f"{m['label']} beats MEGABYTE"
-        lines.append(f"{who}: best {best_mb[0]:.4f} ({best_mb[1]}) vs {best[0]:.4f} ({best[1]}), "
-                     f"MEGABYTE {best_gap:+.4f} bpb; with basic inference for both, {basic_gap:+.4f} bpb.")
+        basic_gap = ref["eval"]["basic"]["bpb"] - m["eval"]["basic"]["bpb"]
+        best_gap = best_ref[0] - best[0]
+        who = f"{ref['label']} beats {m['label']}" if best_gap < 0 else f"{m['label']} beats {ref['label']}"
+        lines.append(f"{who}: best {best_ref[0]:.4f} ({best_ref[1]}) vs {best[0]:.4f} ({best[1]}), "
+                     f"{ref['label']} {best_gap:+.4f} bpb; with basic inference for both, {basic_gap:+.4f} bpb.")
     return lines
 
 
@@ -171,7 +152,7 @@ def markdown(report: dict) -> str:
     data = report["data"]
     name = Path(data["dir"]).name
     lines = [
-        f"# MEGABYTE vs baselines: {name} ({data['modality']})",
+        f"# {' vs '.join(m['label'] for m in report['models']) or 'Comparison'}: {name} ({data['modality']})",
         "",
         f"- Budget: {describe_budget(report)}, matched on {report['budget']['matched']}; preset "
         f"`{report['preset']}`, seed {report['seed']}.",
@@ -189,8 +170,8 @@ def markdown(report: dict) -> str:
         gen = m["generation"].get("bytes_per_s")
         lines.append(f"| {m['label']} | {_count(m['parameters'])} | {_count(t['bytes'])} | {human_flops(t['flops'])} | "
                      f"{t['steps']:,} | " + " | ".join(_bpb(e, k) for k in METHODS) + f" | {gen:,.0f} |")
-    lines += ["", "Strided inference applies to MEGABYTE only (a second pass shifted by half a patch). Sliding "
-              "windows step by half the context. Generation: cached sampling of "
+    lines += ["", "Strided inference applies to models with patches only (MEGABYTE: a second pass shifted by half "
+              "a patch). Sliding windows step by half the context. Generation: cached sampling of "
               f"{report['models'][0]['generation']['bytes'] if report['models'] else 0} bytes at temperature 1 "
               "after a short prompt, batch 1."]
     said = verdict(report) + crossing_sentences(report)
@@ -204,8 +185,8 @@ def markdown(report: dict) -> str:
         t = m["train"]
         per_step = t["bytes"] / max(1, t["steps"])
         ms = 1e3 * per_step / t["bytes_per_s"] if t["bytes_per_s"] else float("nan")
-        context = f"{t['seq_len']} tokens" if m["name"] == "subword" else f"{t['seq_len']} bytes"
-        lines.append(f"| {m['label']} | {shape(m)} | {context} | {_count(per_step)} | "
+        context = f"{t['seq_len']} {m['units']}"
+        lines.append(f"| {m['label']} | {m['shape']} | {context} | {_count(per_step)} | "
                      f"{human_flops(t['flops_per_step'])} | {t['flop_split']} | {ms:.0f} | "
                      f"{_count(t['bytes_per_s'])} |")
     lines += ["", "ms / step and bytes/s count training steps only (the budget also covers the periodic "
@@ -232,7 +213,7 @@ def plot_png(report: dict) -> bytes:
     fig = Figure(figsize=(11, 4.4), dpi=110)
     ax_flops, ax_time = fig.subplots(1, 2)
     for m in report["models"]:
-        colour = COLOURS.get(m["name"])
+        colour = m.get("colour")
         points = [p for p in m["curve"] if p.get("val_bpb") is not None and math.isfinite(p["val_bpb"])]
         final = m["eval"]["basic"]["bpb"]
         for ax, key in ((ax_flops, "flops"), (ax_time, "elapsed")):

@@ -29,12 +29,9 @@ from typing import Any
 from megabyte.compare.flops import human_flops, parse_flops, stage_summary
 from megabyte.errors import MegabyteError
 from megabyte.model.flops import FlopCount, training_flops
+from megabyte.model.registry import ModelKind, get_kind, kind_names
 from megabyte.training.presets import fit_to_data
 
-MODELS = ("megabyte", "transformer", "perceiver-ar", "subword")
-"""What `--models` accepts; `subword` is text only."""
-LABELS = {"megabyte": "MEGABYTE", "transformer": "Transformer", "perceiver-ar": "PerceiverAR",
-          "subword": "Subword (BPE) Transformer"}
 DEFAULT_BUDGET = 600.0
 CURVE_POINTS = 8
 """Validation points per training curve (the evaluation cadence follows the steps that fit)."""
@@ -48,12 +45,53 @@ PROBE_STEPS = 3
 
 
 @dataclass
+class CompareConfig:
+    """Everything a comparison is asked to do, checked before any work (`megabyte compare`'s flags)."""
+
+    data_dir: str | Path
+    out_dir: str | Path
+    models: str | list[str] | None = None
+    """Comma-separated kinds (default: every registered kind that fits the data)."""
+    budget: str | float | None = None
+    """Wall-clock per model ("90s", "10m", seconds); or `flops`, not both (default 10 minutes)."""
+    flops: str | float | None = None
+    """Training FLOPs per model ("1e15", "300T")."""
+    preset: str = "small"
+    vocab_size: int = 4096
+    eval_bytes: int | None = None
+    """Score only the first N validation bytes (default: the whole split)."""
+    gen_bytes: int = 256
+    device: str = "auto"
+    precision: str | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    """Sequences per update for every model (default: the preset's)."""
+    threads: int | None = None
+    """PyTorch CPU threads for the whole comparison (restored afterwards)."""
+    progress: bool = True
+    command: str | None = None
+    """The command line, recorded in the report."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 1), ("batch_size", 1), ("eval_bytes", 1), ("gen_bytes", 1),
+                          ("vocab_size", 256)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                why = " (the byte symbols)" if name == "vocab_size" else ""
+                raise MegabyteError(f"--{name.replace('_', '-')} must be at least {low}{why}, got {value}")
+        self.limits = parse_budget(self.budget, self.flops)
+        self.out_dir = Path(self.out_dir)
+
+
+@dataclass
 class Entry:
     """One model of the comparison: how it is built and trained, and what that costs."""
 
-    name: str
+    kind: ModelKind
     model_config: Any
     train_config: Any
+    objective: Any
+    """What it trains on (`megabyte.training.objective`): the dataset's bytes, or BPE tokens."""
     flops: FlopCount
     """Training FLOPs of one sequence."""
     batch: int
@@ -65,31 +103,38 @@ class Entry:
     """Measured seconds per optimizer step before training (time budgets only)."""
 
     @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
     def flops_per_step(self) -> int:
         return self.flops.total * self.batch
 
 
 # ------------------------------------------------------------------------------------ arguments
 def parse_models(text: str | list[str] | None, modality: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The models to run and the ones skipped (with why). Subword on non-text data is an error
-    when asked for by name, and skipped with a note when it comes from the default list."""
+    """The models to run and the ones skipped (with why). A token kind (the subword baseline) on
+    non-text data is an error when asked for by name, and skipped with a note when it comes from
+    the default list (every registered kind)."""
+    known = kind_names()
     explicit = text is not None
-    names = MODELS if text is None else [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = known if text is None else [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
     names = [m for m in names if m]
-    unknown = [m for m in names if m not in MODELS]
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise MegabyteError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        raise MegabyteError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if not names:
-        raise MegabyteError(f"no models to compare; choose from {', '.join(MODELS)}")
+        raise MegabyteError(f"no models to compare; choose from {', '.join(known)}")
     if len(set(names)) != len(names):
         raise MegabyteError(f"a model is listed twice in {', '.join(names)}")
     skipped = []
-    if "subword" in names and modality != "text":
-        if explicit:
-            raise MegabyteError(f"the subword (BPE) baseline needs text, but this dataset holds {modality}: "
-                                "drop subword from --models")
-        names = [m for m in names if m != "subword"]
-        skipped.append({"model": "subword", "reason": f"a BPE vocabulary is for text; this dataset is {modality}"})
+    if modality != "text":
+        for name in [m for m in names if get_kind(m).units == "tokens"]:
+            if explicit:
+                raise MegabyteError(f"the {get_kind(name).label} baseline needs text (a BPE vocabulary), but this "
+                                    f"dataset holds {modality}: drop {name} from --models")
+            names = [m for m in names if m != name]
+            skipped.append({"model": name, "reason": f"a BPE vocabulary is for text; this dataset is {modality}"})
     return list(names), skipped
 
 
@@ -125,36 +170,41 @@ def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, 
         train_fields["batch_size"] = batch_size
     entries = []
     for name in names:
-        notes: list[str] = []
-        if name == "subword":
-            model_config, seq_len = _subword_config(preset, tokens, notes)
-        else:
-            model_config = preset.model_config(name)
-            model_config, fitted = fit_to_data(model_config, data)
-            notes += fitted
-            seq_len = data.item_len or model_config.max_seq_len
+        kind, notes = get_kind(name), []
+        model_config, objective = _model_and_objective(kind, preset, data, tokens, notes)
+        seq_len = data.item_len if kind.units == "bytes" and data.item_len else model_config.max_seq_len
         cfg = TrainConfig(**{**train_fields, "seq_len": seq_len})
         if cfg.dropout is not None:
             model_config = dataclasses.replace(model_config, dropout=cfg.dropout)
         batch = cfg.batch_size * cfg.grad_accum
-        per_sequence = seq_len * (tokens.bytes_per_token if name == "subword" else 1)
-        entries.append(Entry(name, model_config, cfg, training_flops(model_config, seq_len), batch,
-                             batch * per_sequence, notes))
+        entries.append(Entry(kind, model_config, cfg, objective, training_flops(model_config, seq_len), batch,
+                             batch * seq_len * objective.bytes_per_position, notes))
     return entries
 
 
-def _subword_config(preset, tokens, notes: list[str]):
-    """The preset's Transformer over BPE tokens, with a context of about as many bytes as the
-    byte models' (so every model reads the same text per sequence and per update)."""
-    from megabyte.model import TransformerConfig
+def _model_and_objective(kind: ModelKind, preset, data, tokens, notes: list[str]):
+    """The kind's model config in `preset`, met to the data, and what it trains on."""
+    from megabyte.training.objective import ByteObjective
 
-    fields = preset.model_fields("transformer")
+    if kind.units == "tokens":
+        from megabyte.compare.subword import TokenObjective
+
+        return _token_config(kind, preset, tokens, notes), TokenObjective(tokens, data.meta, str(data.directory))
+    model_config, fitted = fit_to_data(preset.model_config(kind.name), data)
+    notes += fitted
+    return model_config, ByteObjective(data)
+
+
+def _token_config(kind: ModelKind, preset, tokens, notes: list[str]):
+    """The kind's preset model over BPE tokens, with a context of about as many bytes as the
+    byte models' (so every model reads the same text per sequence and per update)."""
+    fields = preset.model_fields(kind.name)
     byte_ctx = fields["max_seq_len"]
     ctx = max(8, int(round(byte_ctx / tokens.bytes_per_token / 8)) * 8)
     ctx = min(ctx, max(8, len(tokens.train) // 2))
     notes.append(f"BPE vocabulary of {tokens.bpe.vocab_size} tokens trained on the train split "
                  f"({tokens.bytes_per_token:.2f} bytes/token); context {ctx} tokens ~ {byte_ctx} bytes")
-    return TransformerConfig(**{**fields, "max_seq_len": ctx, "vocab_size": tokens.bpe.vocab_size}), ctx
+    return kind.config_class(**{**fields, "max_seq_len": ctx, "vocab_size": tokens.bpe.vocab_size})
 
 
 def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
@@ -183,33 +233,26 @@ def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
                                              log_every=min(cfg.log_every, eval_every), **updates)
 
 
-def probe_step_time(entry: Entry, data, tokens=None) -> float:
-    """Seconds per optimizer step of `entry`, measured on real batches (one untimed step first)."""
+def probe_step_time(entry: Entry) -> float:
+    """Seconds per optimizer step of `entry`, measured on real batches (two untimed steps first)."""
     import torch
 
-    from megabyte.data.dataset import BatchSampler
-    from megabyte.evaluation import summed_nats
-    from megabyte.model import build_model, byte_loss
+    from megabyte.model import build_model
     from megabyte.training.optim import build_optimizer
     from megabyte.training.runtime import init_runtime
 
-    cfg = entry.train_config
+    cfg, objective = entry.train_config, entry.objective
     runtime = init_runtime(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
     model = build_model(entry.model_config).to(runtime.device).train()
     optimizer = build_optimizer(model, cfg, runtime.device)
-    if entry.name == "subword":
-        sampler = BatchSampler(tokens.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
-        loss_of = lambda x: summed_nats(model(x), x)
-    else:
-        sampler = BatchSampler.for_split(data, "train", cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
-        loss_of = lambda x: byte_loss(model(x), x).nats
+    sampler = objective.sampler(cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
 
     def step() -> None:
         for _ in range(cfg.grad_accum):
             x = sampler.next_batch().to(runtime.device)
             with runtime.autocast():
-                loss = loss_of(x)
+                loss = objective.loss(model(x), x)
             (loss / x.numel()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -245,13 +288,13 @@ def evaluate_entry(entry: Entry, summary: dict, data, *, tokens=None, eval_bytes
     dtype = torch.bfloat16 if summary.get("precision") == "bf16" else None
     model = load(summary["checkpoint"], device=device)
     seq_len = entry.train_config.seq_len
-    if entry.name == "subword":
+    if entry.kind.units == "tokens":
         return {m: evaluate_tokens(model, tokens.val, tokens.val_bytes, seq_len=seq_len, sliding_window=s,
                                    batch_size=batch_size, device=device, autocast_dtype=dtype)
                 for m, s in (("basic", False), ("sliding", True))}
     val = data.split("val")
     methods = [("basic", False, False), ("sliding", False, True)]
-    if entry.name == "megabyte":
+    if entry.kind.strided:
         methods += [("strided", True, False), ("strided+sliding", True, True)]
     results = {}
     for method, strided, sliding in methods:
@@ -270,7 +313,7 @@ def generation_speed(entry: Entry, summary: dict, prompt: bytes, n_bytes: int, *
     from megabyte.compare.subword import generate_tokens
 
     model = megabyte.load(summary["checkpoint"], device=torch.device(summary["device"]))
-    if entry.name == "subword":
+    if entry.kind.units == "tokens":
         run = lambda n: len(generate_tokens(model, tokens.bpe, prompt, n, seed=0)[0])
     else:
         def run(n: int) -> int:
@@ -325,70 +368,73 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ the command
-def compare(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    models: str | list[str] | None = None,
-    budget: str | float | None = None,
-    flops: str | float | None = None,
-    preset: str = "small",
-    vocab_size: int = 4096,
-    eval_bytes: int | None = None,
-    gen_bytes: int = 256,
-    device: str = "auto",
-    precision: str | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    command: str | None = None,
-    say=print,
-) -> dict[str, Any]:
+def compare(data_dir: str | Path, out_dir: str | Path, *, say=print, **options: Any) -> dict[str, Any]:
     """Train, score and time every model; write OUT/compare.json, compare.md, compare.png and the
-    runs under OUT/runs/NAME/. Returns what compare.json holds.
-
-    `batch_size` replaces the preset's sequences per update for every model; `threads` sets
-    PyTorch's CPU threads for the whole comparison (restored afterwards)."""
+    runs under OUT/runs/NAME/. Returns what compare.json holds. `options` are the fields of
+    `CompareConfig` (models, budget or flops, preset, vocab_size, eval_bytes, gen_bytes, device,
+    precision, seed, batch_size, threads, progress, command)."""
     import torch
 
-    if threads is not None and threads < 1:
-        raise MegabyteError(f"--threads must be at least 1, got {threads}")
-    if batch_size is not None and batch_size < 1:
-        raise MegabyteError(f"--batch-size must be at least 1, got {batch_size}")
+    config = CompareConfig(data_dir, out_dir, **options)
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
-        return _compare(data_dir, out_dir, models=models, budget=budget, flops=flops, preset=preset,
-                        vocab_size=vocab_size, eval_bytes=eval_bytes, gen_bytes=gen_bytes, device=device,
-                        precision=precision, seed=seed, batch_size=batch_size, progress=progress,
-                        command=command, say=say)
+        return run_comparison(config, say)
     finally:
         torch.set_num_threads(before)
 
 
-def _compare(data_dir, out_dir, *, models, budget, flops, preset, vocab_size, eval_bytes, gen_bytes, device,
-             precision, seed, batch_size, progress, command, say) -> dict[str, Any]:
+def run_comparison(config: CompareConfig, say=print) -> dict[str, Any]:
+    """The comparison `config` asks for: plan, train, score, report."""
     from megabyte.compare.report import write_reports
-    from megabyte.data.dataset import load_dataset
-    from megabyte.training.loop import train
     from megabyte.training.presets import get_preset
 
+    data = open_data(config.data_dir)
+    names, skipped = parse_models(config.models, data.modality)
+    preset = get_preset(config.preset)
+    make_runs_dir(config.out_dir)
+    setup: dict[str, Any] = {}
+    tokens = token_data(data, config, setup, say) if any(get_kind(n).units == "tokens" for n in names) else None
+    entries = plan_entries(names, data, preset, tokens=tokens, seed=config.seed, device=config.device,
+                           precision=config.precision, batch_size=config.batch_size)
+    for entry in entries:
+        fit_budget(entry, config.limits, probe_step_time)
+        shown = f", {entry.step_seconds * 1e3:.0f} ms/step measured" if entry.step_seconds else ""
+        say(f"{entry.name}: {human_flops(entry.flops_per_step)} per step ({stage_summary(entry.flops)}){shown}")
+    # The same prompt for every model, within the smallest context.
+    prompt = bytes(data.split("val")[: min(64, max(1, preset.ctx // 4))])
+    results = [run_entry(entry, data, config, tokens, prompt, say) for entry in entries]
+    report = {
+        "format": "megabyte-compare", "version": 2,
+        "command": config.command,
+        "data": {"dir": str(data.directory.resolve()), "modality": data.modality, "bytes": data.meta["bytes"],
+                 "item_len": data.item_len, "scored_bytes": results[0]["eval"]["basic"]["bytes"] if results else 0},
+        "budget": {**config.limits, "per": "model",
+                   "matched": "wall-clock seconds" if config.limits["seconds"] else "training FLOPs"},
+        "preset": config.preset, "seed": config.seed, "batch_size": config.batch_size, "machine": machine(),
+        "setup": setup, "sizing": SIZING, "models": results, "skipped": skipped,
+    }
+    write_reports(report, config.out_dir)
+    say(f"wrote {config.out_dir / 'compare.md'}, {config.out_dir / 'compare.json'} and "
+        f"{config.out_dir / 'compare.png'}")
+    return report
+
+
+def open_data(data_dir):
+    """The prepared dataset, with both splits non-empty."""
+    from megabyte.data.dataset import load_dataset
+
     data = load_dataset(data_dir)
-    names, skipped = parse_models(models, data.modality)
-    limits = parse_budget(budget, flops)
-    preset_obj = get_preset(preset)
-    if eval_bytes is not None and eval_bytes < 1:
-        raise MegabyteError(f"--eval-bytes must be at least 1, got {eval_bytes}")
-    if gen_bytes < 1:
-        raise MegabyteError(f"--gen-bytes must be at least 1, got {gen_bytes}")
-    val = data.split("val")
-    if len(val) == 0:
+    if len(data.split("val")) == 0:
         raise MegabyteError(f"{data_dir} has an empty validation split: prepare it with --val-fraction > 0")
     if len(data.split("train")) == 0:
         raise MegabyteError(f"{data_dir} has an empty train split")
-    out_dir = Path(out_dir)
+    return data
+
+
+def make_runs_dir(out_dir: Path) -> Path:
+    """OUT/runs, which must not hold an earlier comparison."""
     runs = out_dir / "runs"
     if runs.exists() and any(runs.iterdir()):
         raise MegabyteError(f"{out_dir} already holds a comparison ({runs} is not empty): choose another --out")
@@ -396,60 +442,37 @@ def _compare(data_dir, out_dir, *, models, budget, flops, preset, vocab_size, ev
         runs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MegabyteError(f"cannot create {runs}: {exc}") from None
+    return runs
 
-    tokens = None
-    setup: dict[str, Any] = {}
-    if "subword" in names:
-        from megabyte.compare.subword import build_token_data
 
-        start = time.perf_counter()
-        scored = bytes(val[:eval_bytes] if eval_bytes else val)
-        tokens = build_token_data(bytes(data.split("train")), scored, vocab_size)
-        setup["bpe_seconds"] = time.perf_counter() - start
-        say(f"subword: BPE of {tokens.bpe.vocab_size} tokens from {len(tokens.train):,} train tokens "
-            f"({tokens.bytes_per_token:.2f} bytes/token) in {setup['bpe_seconds']:.1f} s (not counted in the budget)")
+def token_data(data, config: CompareConfig, setup: dict[str, Any], say):
+    """The BPE vocabulary of the train split and both splits as tokens (outside the budget)."""
+    from megabyte.compare.subword import build_token_data
 
-    entries = plan_entries(names, data, preset_obj, tokens=tokens, seed=seed, device=device, precision=precision,
-                           batch_size=batch_size)
-    for entry in entries:
-        fit_budget(entry, limits, lambda e: probe_step_time(e, data, tokens))
-        shown = f", {entry.step_seconds * 1e3:.0f} ms/step measured" if entry.step_seconds else ""
-        say(f"{entry.name}: {human_flops(entry.flops_per_step)} per step ({stage_summary(entry.flops)}){shown}")
+    start = time.perf_counter()
+    val = data.split("val")
+    scored = bytes(val[: config.eval_bytes] if config.eval_bytes else val)
+    tokens = build_token_data(bytes(data.split("train")), scored, config.vocab_size)
+    setup["bpe_seconds"] = time.perf_counter() - start
+    say(f"subword: BPE of {tokens.bpe.vocab_size} tokens from {len(tokens.train):,} train tokens "
+        f"({tokens.bytes_per_token:.2f} bytes/token) in {setup['bpe_seconds']:.1f} s (not counted in the budget)")
+    return tokens
 
-    results = []
-    for entry in entries:
-        run_dir = runs / entry.name
-        say(f"== {LABELS[entry.name]}: training ({_describe_budget(limits)}) into {run_dir}")
-        if entry.name == "subword":
-            from megabyte.compare.subword import SubwordTrainer
 
-            summary = SubwordTrainer(entry.train_config, entry.model_config, tokens, run_dir,
-                                     progress=progress).fit()
-        else:
-            summary = train(entry.train_config, entry.model_config, data.directory, run_dir, preset=preset,
-                            progress=progress)
-        summary["load_average"] = _load()
-        say(f"{entry.name}: scoring the validation split")
-        scores = evaluate_entry(entry, summary, data, tokens=tokens, eval_bytes=eval_bytes)
-        prompt = bytes(val[: min(64, max(1, preset_obj.models["transformer"]["max_seq_len"] // 4))])  # the same for all
-        speed = generation_speed(entry, summary, prompt, gen_bytes, tokens=tokens)
-        results.append(_result(entry, summary, scores, speed, tokens))
-        say(f"{entry.name}: {scores['basic']['bpb']:.4f} bpb (basic), {speed['bytes_per_s']:.0f} bytes/s generating")
+def run_entry(entry: Entry, data, config: CompareConfig, tokens, prompt: bytes, say) -> dict[str, Any]:
+    """Train one model on its budget, score it on the validation bytes, time its generation."""
+    from megabyte.training.loop import train
 
-    report = {
-        "format": "megabyte-compare", "version": 1,
-        "command": command,
-        "data": {"dir": str(data.directory.resolve()), "modality": data.modality, "bytes": data.meta["bytes"],
-                 "item_len": data.item_len, "scored_bytes": results[0]["eval"]["basic"]["bytes"] if results else 0},
-        "budget": {**limits, "per": "model",
-                   "matched": "wall-clock seconds" if limits["seconds"] else "training FLOPs"},
-        "preset": preset, "seed": seed, "batch_size": batch_size, "machine": machine(), "setup": setup,
-        "sizing": SIZING,
-        "models": results, "skipped": skipped,
-    }
-    write_reports(report, out_dir)
-    say(f"wrote {out_dir / 'compare.md'}, {out_dir / 'compare.json'} and {out_dir / 'compare.png'}")
-    return report
+    run_dir = config.out_dir / "runs" / entry.name
+    say(f"== {entry.kind.label}: training ({_describe_budget(config.limits)}) into {run_dir}")
+    summary = train(entry.train_config, entry.model_config, entry.objective, run_dir, preset=config.preset,
+                    progress=config.progress)
+    summary["load_average"] = _load()
+    say(f"{entry.name}: scoring the validation split")
+    scores = evaluate_entry(entry, summary, data, tokens=tokens, eval_bytes=config.eval_bytes)
+    speed = generation_speed(entry, summary, prompt, config.gen_bytes, tokens=tokens)
+    say(f"{entry.name}: {scores['basic']['bpb']:.4f} bpb (basic), {speed['bytes_per_s']:.0f} bytes/s generating")
+    return _result(entry, summary, scores, speed, tokens)
 
 
 SIZING = ("One preset gives every model kind about the same parameter count; every model reads the same "
@@ -471,9 +494,10 @@ def _describe_budget(limits: dict) -> str:
 
 
 def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> dict[str, Any]:
-    cfg = entry.train_config
+    cfg, kind = entry.train_config, entry.kind
     out = {
-        "name": entry.name, "label": LABELS[entry.name], "model_kind": entry.model_config.model_type,
+        "name": entry.name, "label": kind.label, "model_kind": entry.model_config.model_type,
+        "shape": kind.shape(entry.model_config.to_dict()), "colour": kind.colour, "units": kind.units,
         "parameters": summary["parameters"], "config": entry.model_config.to_dict(),
         "train": {
             "steps": summary["step"], "bytes": summary["bytes"], "seconds": summary["elapsed"],
@@ -491,8 +515,8 @@ def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> d
         "eval": scores, "generation": speed, "curve": read_curve(summary["run_dir"], entry.flops_per_step),
         "run_dir": summary["run_dir"], "notes": entry.notes,
     }
-    if tokens is not None and entry.name == "subword":
-        out["train"]["tokens"] = summary.get("tokens")
+    if kind.units == "tokens":
+        out["train"]["tokens"] = summary["step"] * entry.batch * cfg.seq_len
         out["tokenizer"] = {"vocab_size": tokens.bpe.vocab_size, "bytes_per_token": tokens.bytes_per_token,
                             "library": "tokenizers (byte-level BPE)", "trained_on": "train split only"}
     return out

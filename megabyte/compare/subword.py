@@ -6,6 +6,7 @@ Transformer over its token ids, and its loss counted in bits per *byte* of the t
     assert bpe.decode(ids) == val_bytes
     result = evaluate_tokens(model, ids, len(val_bytes), seq_len=256)
     result["bpb"] == summed nats over every token / (ln 2 * len(val_bytes))
+    train(cfg, model_config, TokenObjective(tokens, meta, data_dir), "runs/subword")   # the one Trainer
 
 Honest accounting: a token model predicts fewer, larger units, so its loss per token says nothing
 by itself. Bits per byte divides the summed loss of the *whole* validation text (every token
@@ -21,10 +22,8 @@ back to exactly the input.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from megabyte.errors import MegabyteError
-from megabyte.evaluation import plan_windows, rank_batches, score_windows, summed_nats
+from megabyte.evaluation import plan_windows, rank_batches, sample_segments, score_windows, summed_nats
 
 LN2 = math.log(2.0)
 TOKENIZER = "tokenizer.json"
@@ -176,188 +175,94 @@ def build_token_data(train: bytes, val: bytes, vocab_size: int) -> TokenData:
 
 # ------------------------------------------------------------------------------------ scoring
 def evaluate_tokens(model, ids: np.ndarray, n_bytes: int, *, seq_len: int | None = None,
-                    sliding_window: bool = False, batch_size: int = 8, device=None,
-                    autocast_dtype=None) -> dict[str, Any]:
+                    sliding_window: bool = False, batch_size: int = 8, device=None, autocast_dtype=None,
+                    sample_tokens: int | None = None, byte_lengths: np.ndarray | None = None) -> dict[str, Any]:
     """Bits per byte of a token model over a whole text: every token scored once, the summed nats
     divided by ln 2 times `n_bytes`, the text's UTF-8 byte count. Windows are planned as for byte
-    models (`megabyte.evaluation.plan_windows`): basic, or a sliding window of stride seq_len // 2."""
+    models (`megabyte.evaluation.plan_windows`): basic, or a sliding window of stride seq_len // 2.
+    `sample_tokens`: score an evenly spaced sample of about that many tokens instead (what
+    validation during training does), its bytes counted from `byte_lengths` (V,)."""
     import torch
 
     seq_len = seq_len or model.config.max_seq_len
     if len(ids) == 0 or n_bytes <= 0:
         raise MegabyteError("nothing to evaluate: the validation text is empty")
     stride = max(1, seq_len // 2) if sliding_window else None
-    batches = rank_batches(plan_windows(len(ids), seq_len, stride=stride), batch_size, 0, 1)
+    segments = sample_segments(len(ids), seq_len, sample_tokens) if sample_tokens else None
+    if segments is not None and byte_lengths is None:
+        raise MegabyteError("scoring a sample of tokens needs their byte lengths")
+    batches = rank_batches(plan_windows(len(ids), seq_len, stride=stride, segments=segments), batch_size, 0, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    nats, scored, forward, _ = score_windows(model, ids, batches, device=device, autocast_dtype=autocast_dtype)
-    if scored != len(ids):
-        raise MegabyteError(f"internal error: scored {scored} of {len(ids)} tokens")
+    scores = score_windows(model, ids, batches, device=device, autocast_dtype=autocast_dtype,
+                           byte_lengths=byte_lengths if segments is not None else None)
+    if segments is None and scores.scored != len(ids):
+        raise MegabyteError(f"internal error: scored {scores.scored} of {len(ids)} tokens")
+    n_bytes = n_bytes if segments is None else scores.bytes
     return {
-        "method": "sliding-window" if sliding_window else "basic", "bpb": float(nats) / (LN2 * n_bytes),
-        "nats": float(nats), "bytes": n_bytes, "tokens": scored, "forward_tokens": forward,
-        "cost": forward / scored, "seq_len": seq_len, "stride": stride,
+        "method": "sliding-window" if sliding_window else "basic", "bpb": float(scores.nats) / (LN2 * n_bytes),
+        "nats": float(scores.nats), "bytes": n_bytes, "tokens": scores.scored, "forward_tokens": scores.forward,
+        "cost": scores.forward / scores.scored, "seq_len": seq_len, "stride": stride,
     }
 
 
 # ------------------------------------------------------------------------------------ training
-class SubwordTrainer:
-    """Trains the token Transformer the way `megabyte.training.Trainer` trains byte models: the
-    same AdamW, schedule, precision, budget (max_steps / max_time, evaluation time included) and
-    metrics.jsonl records, with `bytes` counting the UTF-8 bytes of the tokens trained on.
-    It writes RUN/metrics.jsonl, RUN/loss.png, RUN/model/ and RUN/tokenizer.json (no resume)."""
+class TokenObjective:
+    """What `megabyte.training.Trainer` trains the subword baseline on (see
+    `megabyte.training.objective`): batches of BPE token ids of the train split, each batch's
+    loss counted over the UTF-8 bytes of its tokens, validation on the validation text's tokens.
+    A run writes RUN/tokenizer.json beside its checkpoints. One process (no torchrun)."""
 
-    def __init__(self, cfg, model_config, tokens: TokenData, run_dir: str | Path, *, progress: bool = True) -> None:
-        import torch
+    unit = "tokens"
+    modality = "text"
+    item_len = None
 
+    def __init__(self, tokens: TokenData, meta: dict[str, Any], directory: str) -> None:
+        self.tokens = tokens
+        self.meta = {**meta, "tokenizer": {"kind": "byte-level BPE", "vocab_size": tokens.bpe.vocab_size,
+                                           "bytes_per_token": tokens.bytes_per_token}}
+        self.directory = directory
+        self.train_positions = len(tokens.train)
+        self.bytes_per_position = tokens.bytes_per_token
+
+    def sampler(self, seq_len: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
         from megabyte.data.dataset import BatchSampler
-        from megabyte.model import build_model
-        from megabyte.training.metrics import MetricsLog
-        from megabyte.training.optim import build_optimizer
-        from megabyte.training.runtime import init_runtime
 
-        if cfg.seq_len is None or cfg.seq_len > model_config.max_seq_len:
-            raise MegabyteError("the subword model needs train.seq_len <= model.max_seq_len (in tokens)")
-        if len(tokens.train) < cfg.seq_len:
-            raise MegabyteError(f"the train split has {len(tokens.train)} tokens, fewer than one sequence of "
-                                f"{cfg.seq_len}: too little text for the subword baseline")
-        self.cfg, self.model_config, self.tokens = cfg, model_config, tokens
-        self.run_dir, self.show_progress = Path(run_dir), progress
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.runtime = init_runtime(cfg.device, cfg.precision)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(model_config).to(self.runtime.device).train()
-        torch.manual_seed(cfg.seed * 7919 + 1)
-        self.optimizer = build_optimizer(self.model, cfg, self.runtime.device)
-        self.sampler = BatchSampler(tokens.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
-        self.metrics = MetricsLog(self.run_dir)
-        self.step = self.bytes_seen = self.tokens_seen = 0
-        self.val_bpb: float | None = None
-        self.last_train_bpb: float | None = None
-        self._interval = {"nats": 0.0, "bytes": 0, "time": 0.0, "steps": 0}
-        self._session = {"bytes": 0, "time": 0.0}
+        if world_size != 1:
+            raise MegabyteError("the subword baseline trains in one process (run megabyte compare without torchrun)")
+        return BatchSampler(self.tokens.train, seq_len, batch_size, seed=seed)
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self._start
+    def count(self, x) -> int:
+        return int(self.tokens.bpe.byte_lengths[x.numpy()].sum())
 
-    def stop_reason(self) -> str | None:
-        cfg = self.cfg
-        if cfg.max_steps is not None and self.step >= cfg.max_steps:
-            return "max_steps"
-        if cfg.max_time is not None and self.elapsed() >= cfg.max_time:
-            return "max_time"
-        return None
+    def loss(self, logits, x):
+        return summed_nats(logits, x)
 
-    def train_step(self) -> None:
-        from megabyte.training.optim import lr_at
+    def validate(self, model, *, seq_len: int, batch_size: int, max_bytes: int, rank: int, world_size: int,
+                 device, autocast_dtype=None):
+        """Basic inference over a sample of about `max_bytes` of the validation text, in tokens."""
+        from megabyte.evaluation import EvalResult
 
-        cfg, rt = self.cfg, self.runtime
-        start = time.monotonic()
-        self.lr = lr_at(cfg, self.step, self.elapsed())
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
-        positions = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-        nats, step_bytes = 0.0, 0
-        for _ in range(cfg.grad_accum):
-            x = self.sampler.next_batch()  # (B, T) token ids
-            step_bytes += int(self.tokens.bpe.byte_lengths[x.numpy()].sum())
-            x = x.to(rt.device)
-            with rt.autocast():
-                loss = summed_nats(self.model(x), x)
-            (loss / positions).backward()  # mean over the step's tokens
-            nats += float(loss.detach())
-        if cfg.clip > 0:
-            import torch
-
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        seconds = time.monotonic() - start
-        self.step += 1
-        self.bytes_seen += step_bytes
-        self.tokens_seen += positions
-        for key, value in (("nats", nats), ("bytes", step_bytes), ("time", seconds), ("steps", 1)):
-            self._interval[key] += value
-        self._session["bytes"] += step_bytes
-        self._session["time"] += seconds
-
-    def evaluate(self) -> float | None:
-        """Validation bpb over about `eval_bytes` of the validation text: evenly spaced token
-        windows, their summed nats over the UTF-8 bytes of the tokens they score."""
-        import torch
-
-        from megabyte.training.loop import validation_windows
-
-        cfg, val = self.cfg, self.tokens.val
-        budget = round(cfg.eval_bytes / self.tokens.bytes_per_token) if cfg.eval_bytes else 0
-        starts, length = validation_windows(len(val), cfg.seq_len, budget)
-        if not len(starts):
+        val = self.tokens.val
+        if len(val) == 0:
             return None
-        self.model.eval()
-        nats, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(starts), cfg.batch_size):
-                rows = np.stack([val[s : s + length] for s in starts[i : i + cfg.batch_size]]).astype(np.int64)
-                count += int(self.tokens.bpe.byte_lengths[rows].sum())
-                x = torch.from_numpy(rows).to(self.runtime.device)
-                with self.runtime.autocast():
-                    nats += float(summed_nats(self.model(x), x))
-        self.model.train()
-        self.val_bpb = nats / (LN2 * count)
-        return self.val_bpb
+        sample = max(1, round(max_bytes / self.tokens.bytes_per_token)) if max_bytes else None
+        r = evaluate_tokens(model, val, self.tokens.val_bytes, seq_len=seq_len, batch_size=batch_size,
+                            device=device, autocast_dtype=autocast_dtype, sample_tokens=sample,
+                            byte_lengths=self.tokens.bpe.byte_lengths)
+        return EvalResult(nats=r["nats"], bytes=r["bytes"], forward_bytes=r["forward_tokens"], method=r["method"],
+                          seq_len=seq_len)
 
-    def log(self, val_bpb: float | None) -> None:
-        iv = self._interval
-        record: dict[str, Any] = {"step": self.step, "bytes": self.bytes_seen, "tokens": self.tokens_seen}
-        if iv["steps"]:
-            record["train_bpb"] = iv["nats"] / (LN2 * iv["bytes"])
-            if not math.isfinite(record["train_bpb"]):
-                raise MegabyteError(f"subword training loss became {record['train_bpb']} at step {self.step}")
-            record["lr"] = self.lr
-            record["bytes_per_s"] = iv["bytes"] / max(iv["time"], 1e-9)
-            self.last_train_bpb = record["train_bpb"]
-        if val_bpb is not None:
-            record["val_bpb"] = val_bpb
-        record["elapsed"] = round(self.elapsed(), 3)
-        self.metrics.append(record)
-        self._interval = {"nats": 0.0, "bytes": 0, "time": 0.0, "steps": 0}
+    def describe(self) -> str:
+        from megabyte.training.metrics import human
 
-    def fit(self) -> dict[str, Any]:
-        from megabyte.training.metrics import Progress
+        return (f"text as {self.tokens.bpe.vocab_size} BPE tokens ({self.tokens.bytes_per_token:.2f} bytes each): "
+                f"{human(len(self.tokens.train))} train / {human(len(self.tokens.val))} val tokens")
 
-        cfg = self.cfg
-        progress = Progress(total=cfg.max_steps, initial=0, enabled=self.show_progress)
-        self.metrics.start(None)
-        self._start = time.monotonic()
-        title = f"{self.run_dir.name}: subword transformer"
-        try:
-            while (reason := self.stop_reason()) is None:
-                self.train_step()
-                last = self.stop_reason() is not None
-                due = lambda every: bool(every) and self.step % every == 0
-                val = self.evaluate() if last or due(cfg.eval_every) else None
-                if val is not None or last or due(cfg.log_every):
-                    self.log(val)
-                    self.metrics.plot(title, force=val is not None)
-                progress.update(1, bpb=self.last_train_bpb, bytes_per_s=self._session["bytes"]
-                                / max(self._session["time"], 1e-9), eta=None)
-        finally:
-            progress.close()
-        elapsed = self.elapsed()
-        self.model.save_pretrained(self.run_dir / "model")
-        self.tokens.bpe.save(self.run_dir / TOKENIZER)
-        (self.run_dir / "train_config.json").write_text(json.dumps({
-            "model_kind": "subword", "model": self.model_config.to_dict(), "train": cfg.to_dict(),
-            "vocab_size": self.tokens.bpe.vocab_size, "bytes_per_token": self.tokens.bytes_per_token,
-            "device": str(self.runtime.device), "precision": self.runtime.precision,
-        }, indent=2) + "\n")
-        return {
-            "run_dir": str(self.run_dir), "checkpoint": str(self.run_dir / "model"), "model_kind": "subword",
-            "parameters": sum(p.numel() for p in self.model.parameters()), "step": self.step,
-            "bytes": self.bytes_seen, "tokens": self.tokens_seen, "elapsed": elapsed,
-            "train_bpb": self.last_train_bpb, "val_bpb": self.val_bpb,
-            "bytes_per_s": self._session["bytes"] / self._session["time"] if self._session["time"] else 0.0,
-            "stop_reason": reason, "device": str(self.runtime.device), "precision": self.runtime.precision,
-        }
+    def write_files(self, run_dir: Path) -> None:
+        from megabyte.atomic import atomic_path
+
+        with atomic_path(Path(run_dir) / TOKENIZER) as tmp:
+            self.tokens.bpe.save(tmp)
 
 
 # ------------------------------------------------------------------------------------ generation

@@ -110,7 +110,7 @@ def byte_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Lo
 
 
 class ByteModel(nn.Module):
-    """Base class of the three model kinds (`Megabyte`, `Transformer`, `PerceiverAR`)."""
+    """Base class of every model kind (`Megabyte`, `Transformer`, `PerceiverAR`, any registered one)."""
 
     config: Any
 
@@ -134,7 +134,7 @@ class ByteModel(nn.Module):
 
     def save_pretrained(self, directory) -> None:
         """Write `model.safetensors` and `config.json` into `directory` (atomically, file by file)."""
-        from megabyte.model.io import save_pretrained
+        from megabyte.model.weights import save_pretrained
 
         save_pretrained(self, directory)
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megabyte.model.registry import kind_of
+
 
 @dataclass(frozen=True)
 class Part:
@@ -97,22 +99,14 @@ def causal_pairs(length: int, causal: bool = True) -> int:
 
 
 def training_flops(config, seq_len: int, *, causal: bool = True) -> FlopCount:
-    """Training FLOPs of one sequence of `seq_len` positions for any model config."""
+    """Training FLOPs of one sequence of `seq_len` positions for any model config (its kind's
+    `flops` in `megabyte.model.registry`)."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    kind = config.model_type
-    if kind == "megabyte":
-        parts = _megabyte(config, seq_len, causal)
-    elif kind == "transformer":
-        parts = _transformer(config, seq_len, causal)
-    elif kind == "perceiver-ar":
-        parts = _perceiver_ar(config, seq_len, causal)
-    else:
-        raise ValueError(f"no FLOP count for model kind {kind!r}")
-    return FlopCount(seq_len, tuple(parts))
+    return FlopCount(seq_len, tuple(kind_of(config).flops(config, seq_len, causal)))
 
 
-def _transformer(c, T: int, causal: bool) -> list[Part]:
+def transformer_parts(c, T: int, causal: bool) -> list[Part]:
     vocab = getattr(c, "vocab_size", 256)
     return [
         Part("blocks", T, c.depth * block_weights(c.dim, c.mlp_ratio), c.dim, c.depth, causal_pairs(T, causal)),
@@ -120,7 +114,7 @@ def _transformer(c, T: int, causal: bool) -> list[Part]:
     ]
 
 
-def _perceiver_ar(c, T: int, causal: bool) -> list[Part]:
+def perceiver_ar_parts(c, T: int, causal: bool) -> list[Part]:
     N = c.num_latents
     Tp = -(-T // N) * N  # the last chunk runs padded to N latents
     return [
@@ -131,7 +125,7 @@ def _perceiver_ar(c, T: int, causal: bool) -> list[Part]:
     ]
 
 
-def _megabyte(c, T: int, causal: bool) -> list[Part]:
+def megabyte_parts(c, T: int, causal: bool) -> list[Part]:
     sub = c.sub_sizes
     Tp = -(-T // sub[0]) * sub[0]  # padded to whole global patches
     parts = []

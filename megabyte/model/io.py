@@ -1,7 +1,8 @@
-"""Save and load models as a directory: `model.safetensors` (weights) + `config.json`.
+"""Build and load models: a config (or a model directory, `model.safetensors` + `config.json`)
+becomes a model of its kind (`megabyte.model.registry`).
 
 Loading reads JSON and safetensors only: nothing is ever unpickled, and `config.json` can only
-choose among the three known model kinds and set their plain fields.
+choose among the registered model kinds and set their plain fields.
 """
 
 from __future__ import annotations
@@ -13,53 +14,27 @@ from typing import Any
 
 import torch
 
-from megabyte.atomic import atomic_path, atomic_write_bytes
 from megabyte.errors import MegabyteError
+from megabyte.model.registry import kind_of
+from megabyte.model.weights import CONFIG, WEIGHTS, load_weights, save_pretrained
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-
-
-def _kinds() -> dict[str, tuple[type, type]]:
-    from megabyte.model.megabyte import Megabyte, MegabyteConfig
-    from megabyte.model.perceiver_ar import PerceiverAR, PerceiverARConfig
-    from megabyte.model.transformer import Transformer, TransformerConfig
-
-    return {
-        "megabyte": (Megabyte, MegabyteConfig),
-        "transformer": (Transformer, TransformerConfig),
-        "perceiver-ar": (PerceiverAR, PerceiverARConfig),
-    }
+__all__ = ["CONFIG", "WEIGHTS", "build_model", "check_weights_size", "config_from_dict", "load", "load_weights",
+           "read_config", "save_pretrained"]
 
 
 def config_from_dict(data: Any, source: str = CONFIG):
     """Build the config object of the model kind named by `data["model_type"]`."""
     if not isinstance(data, dict):
         raise MegabyteError(f"{source}: expected a JSON object")
-    kind = data.get("model_type")
-    kinds = _kinds()
-    if not isinstance(kind, str) or kind not in kinds:
-        raise MegabyteError(f"{source}: unknown model_type {kind!r} (expected one of {', '.join(kinds)})")
     try:
-        return kinds[kind][1].from_dict(data)
+        return kind_of(data.get("model_type")).config_class.from_dict(data)
     except MegabyteError as exc:
         raise MegabyteError(f"{source}: {exc}") from None
 
 
 def build_model(config):
-    """A freshly initialised model for any of the three config classes."""
-    return _kinds()[config.model_type][0](config)
-
-
-def save_pretrained(model, directory) -> None:
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS) as tmp:
-        save_model(model, str(tmp), metadata={"model_type": model.config.model_type})
-    text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(directory / CONFIG, text.encode())
+    """A freshly initialised model of any registered kind, from its config."""
+    return kind_of(config).model_class(config)
 
 
 def read_config(directory) -> Any:
@@ -71,30 +46,6 @@ def read_config(directory) -> Any:
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
         raise MegabyteError(f"{path}: not valid JSON ({exc!s:.200})") from None
     return config_from_dict(data, str(path))
-
-
-def load_weights(model, path) -> None:
-    """Load safetensors weights into `model`, strictly: every tensor present, every shape equal."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise MegabyteError(f"{path}: missing weights file")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except SafetensorError as exc:
-        raise MegabyteError(f"{path}: not a readable safetensors file ({exc})") from None
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).strip().splitlines()
-        raise MegabyteError(f"{path}: weights do not match the config ({first[-1] if first else exc})") from None
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(sorted(missing)[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(sorted(unexpected)[:5])}")
-        raise MegabyteError(f"{path}: weights do not match the config ({'; '.join(parts)})")
 
 
 def check_weights_size(config, path) -> None:

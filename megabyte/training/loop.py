@@ -5,8 +5,10 @@
     save()         an atomic checkpoint in RUN/checkpoints/, RUN/latest updated
     fit()          loop until the budget (max_steps / max_time) is spent, logging and saving
 
-`train(train_config, model_config, data_dir, out_dir, resume=False)` builds a Trainer from configs
-(fresh, or from RUN's latest checkpoint) and runs it; it is what `megabyte train` calls.
+`train(train_config, model_config, data, out_dir, resume=False)` builds a Trainer from configs
+(fresh, or from RUN's latest checkpoint) and runs it; it is what `megabyte train` calls. `data` is
+a prepared dataset directory, or any objective (`megabyte.training.objective`: what batches are,
+how their loss counts in bytes, how validation scores): the subword baseline trains here too.
 
 Under torchrun every process runs the same loop on its own share of each step's global batch
 (`TrainConfig.process_batches`): the same windows of the data stream, the same gradient (averaged
@@ -26,13 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from megabyte import __version__
-from megabyte.data.dataset import BatchSampler, ByteDataset, load_dataset
 from megabyte.errors import MegabyteError
-from megabyte.model import build_model, byte_loss
+from megabyte.model import build_model
 from megabyte.model.base import LN2
 from megabyte.model.io import WEIGHTS, load_weights
 from megabyte.training import checkpoint as ckpt
@@ -40,6 +40,7 @@ from megabyte.training import faults
 from megabyte.training.config import TrainConfig
 from megabyte.training.lock import RunLock
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
+from megabyte.training.objective import as_objective
 from megabyte.training.optim import build_optimizer, lr_at
 from megabyte.training.run import (
     check_resumable,
@@ -72,11 +73,13 @@ class RunState:
 
 
 class Trainer:
-    """One training run of `model_config` on `data`, writing into `run_dir`."""
+    """One training run of `model_config` on `objective` (a `ByteObjective` of a dataset, or any
+    other, see `megabyte.training.objective`), writing into `run_dir`."""
 
-    def __init__(self, cfg: TrainConfig, model_config, data: ByteDataset, run_dir: Path, runtime: Runtime, *,
+    def __init__(self, cfg: TrainConfig, model_config, objective, run_dir: Path, runtime: Runtime, *,
                  preset: str | None = None, progress: bool = True) -> None:
-        self.cfg, self.model_config, self.data, self.runtime = cfg, model_config, data, runtime
+        objective = as_objective(objective)
+        self.cfg, self.model_config, self.objective, self.runtime = cfg, model_config, objective, runtime
         self.run_dir, self.preset, self.show_progress = Path(run_dir), preset, progress
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.model = build_model(model_config).train()  # on the CPU: `runtime.wrap` places it
@@ -90,10 +93,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, runtime.device)
         # This process's share of each step: micro_steps micro-batches of micro_batch sequences.
         self.micro_batch, self.micro_steps = cfg.process_batches(runtime.world_size)
-        # The dataset's layout (whole images, whole 16-bit audio samples) comes with the split.
-        self.sampler = BatchSampler.for_split(data, "train", cfg.seq_len, self.micro_batch, seed=cfg.seed,
-                                              rank=runtime.rank, world_size=runtime.world_size)
-        self.val = data.split("val")
+        self.sampler = objective.sampler(cfg.seq_len, self.micro_batch, seed=cfg.seed, rank=runtime.rank,
+                                         world_size=runtime.world_size)
         self.state = RunState()
         self.metrics = MetricsLog(self.run_dir, enabled=runtime.is_main)
         self.saved_step: int | None = None
@@ -113,8 +114,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ bookkeeping
     @property
-    def bytes_per_step(self) -> int:
-        """Training bytes of one optimizer step over all processes (the global batch)."""
+    def positions_per_step(self) -> int:
+        """Training positions (bytes, or tokens) of one optimizer step over all processes (the global batch)."""
         cfg = self.cfg
         return cfg.batch_size * cfg.grad_accum * cfg.seq_len
 
@@ -156,60 +157,50 @@ class Trainer:
         lr = lr_at(cfg, self.state.step, self._schedule_clock())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        step_bytes = self.micro_batch * self.micro_steps * cfg.seq_len  # predictions in this process's step
+        positions = self.micro_batch * self.micro_steps * cfg.seq_len  # predictions in this process's step
+        step_bytes = 0  # the bytes of data they stand for (= positions for a byte model)
         for i in range(self.micro_steps):
-            x = self.sampler.next_batch().to(runtime.device, non_blocking=True)  # (B, T)
+            x = self.sampler.next_batch()  # (B, T)
+            step_bytes += self.objective.count(x)
+            x = x.to(runtime.device, non_blocking=True)
             # Gradients are averaged over processes once per step, after the last micro-batch.
             with runtime.gradient_sync(self.network, i == self.micro_steps - 1), runtime.autocast():
-                loss = byte_loss(self.network(x), x)
+                nats = self.objective.loss(self.network(x), x)
             # The mean over this process's step; averaging over the (equal) processes gives the
             # mean over the global batch, as one process running all of it would compute.
             if faults.inject("loss", self.state.step + 1) == "nan":
-                loss.nats = loss.nats * float("nan")
-            (loss.nats / step_bytes).backward()
-            self._nats += loss.nats.detach()
-            self._unchecked += loss.nats.detach()
+                nats = nats * float("nan")
+            (nats / positions).backward()
+            self._nats += nats.detach()
+            self._unchecked += nats.detach()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.state.bytes_seen += self.bytes_per_step
+        # Every process's step covers as many bytes (bytes: equal shares; tokens: one process).
+        self.state.bytes_seen += step_bytes * runtime.world_size
         self.lr = lr
         seconds = time.monotonic() - start
         self._interval["bytes"] += step_bytes
         self._interval["steps"] += 1
         self._interval["train_time"] += seconds
-        self._session["bytes"] += self.bytes_per_step
+        self._session["bytes"] += step_bytes * runtime.world_size
         self._session["train_time"] += seconds
 
-    @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation bpb over `eval_bytes` of the val split (None when the split is empty).
-
-        Rank r of W scores windows r, r+W, ...; nats and bytes are summed over ranks before
-        dividing. Every rank runs the same number of forward passes (a sharded forward is a
-        collective): one with fewer windows runs its last batches on a window it does not score.
-        """
+        """Validation bpb: the objective scores the first `eval_bytes` of the val split with
+        `megabyte.evaluation` (basic inference, as `megabyte eval --method basic`), rank r of W
+        taking every W-th window; nats and bytes are summed over ranks before dividing (None
+        when the split is empty)."""
         cfg, runtime = self.cfg, self.runtime
-        starts, length = validation_windows(len(self.val), cfg.seq_len, cfg.eval_bytes, self.data.align)
-        if not len(starts):
+        result = self.objective.validate(self.model, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                                         max_bytes=cfg.eval_bytes, rank=runtime.rank,
+                                         world_size=runtime.world_size, device=runtime.device,
+                                         autocast_dtype=runtime.autocast_dtype)
+        if result is None:
             return None
-        self.model.eval()
-        nats, count = 0.0, 0
-        mine = starts[runtime.rank :: runtime.world_size]
-        most = -(-len(starts) // runtime.world_size)  # windows of the busiest rank
-        for i in range(0, most, cfg.batch_size):
-            chunk = mine[i : i + cfg.batch_size]
-            rows = np.stack([np.asarray(self.val[s : s + length]) for s in (chunk if len(chunk) else starts[:1])])
-            x = torch.from_numpy(rows.astype(np.int64)).to(runtime.device)  # (B, T)
-            with runtime.autocast():
-                loss = byte_loss(self.model(x), x)
-            if len(chunk):
-                nats += float(loss.nats)
-                count += loss.bytes
-        self.model.train()
-        nats, count = runtime.sum([nats, count])
+        nats, count = runtime.sum([result.nats, result.bytes])
         bpb = nats / (LN2 * count)
         self.state.val_bpb, self.state.val_step = bpb, self.state.step
         return bpb
@@ -238,7 +229,7 @@ class Trainer:
                 path = ckpt.save_checkpoint(
                     self.run_dir, self.state.step, model=model,
                     trainer_state=self._trainer_state(optimizer_meta, rng),
-                    optimizer_tensors=tensors, data_meta=self.data.meta, keep_last=self.cfg.keep_last,
+                    optimizer_tensors=tensors, data_meta=self.objective.meta, keep_last=self.cfg.keep_last,
                 )
             except OSError as exc:  # disk full, read-only, permissions: stop, keeping the last checkpoint
                 raise MegabyteError(
@@ -265,7 +256,7 @@ class Trainer:
                          "warmup": self.cfg.warmup, "decay_steps": self.cfg.decay_steps},
             "model_kind": self.model_config.model_type,
             "preset": self.preset,
-            "data_dir": str(self.data.directory.resolve()),
+            "data_dir": self.objective.directory,
             "train_config": self.cfg.to_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng[0] if rng else ckpt.rng_state(),
@@ -365,13 +356,14 @@ class Trainer:
         cfg, rate = self.cfg, self.last_rate
         left = []
         if cfg.max_steps is not None and rate:
-            left.append((cfg.max_steps - self.state.step) * self.bytes_per_step / rate)
+            per_step = self.positions_per_step * self.objective.bytes_per_position
+            left.append((cfg.max_steps - self.state.step) * per_step / rate)
         if cfg.max_time is not None:
             left.append(cfg.max_time - self.elapsed())
         return min(left) if left else None
 
     def _announce(self, say) -> None:
-        cfg, rt, data = self.cfg, self.runtime, self.data
+        cfg, rt = self.cfg, self.runtime
         params = sum(p.numel() for p in self.model.parameters())
         budget = " or ".join(
             ([f"{cfg.max_steps} steps"] if cfg.max_steps else [])
@@ -379,9 +371,8 @@ class Trainer:
         )
         say(f"{self.model_config.model_type}: {human(params)} parameters on {rt.device} "
             f"({'bf16 autocast' if rt.precision == 'bf16' else 'fp32'}"
-            f"{', compiled' if cfg.compile else ''}); {data.modality} data: "
-            f"{human(len(self.sampler.data))} train / {human(len(self.val))} val bytes")
-        say(f"{cfg.batch_size} x {cfg.grad_accum} x {cfg.seq_len} bytes per step; budget {budget}; "
+            f"{', compiled' if cfg.compile else ''}); {self.objective.describe()}")
+        say(f"{cfg.batch_size} x {cfg.grad_accum} x {cfg.seq_len} {self.objective.unit} per step; budget {budget}; "
             f"run directory {self.run_dir}")
         if rt.distributed:
             say(f"{rt.world_size} processes ({rt.parallel}), each {self.micro_steps} x {self.micro_batch} "
@@ -473,46 +464,34 @@ def dropout_seed(seed: int, rank: int, step: int = 0) -> int:
     return (seed * 7919 + rank + 1) + step * 1_000_003
 
 
-def validation_windows(n: int, seq_len: int, max_bytes: int, unit: int = 1) -> tuple[np.ndarray, int]:
-    """Start offsets and length of the validation windows: evenly spaced over the split, not
-    overlapping, at multiples of `unit` (`ByteDataset.align`: whole images, whole audio samples),
-    at most `max_bytes` in all (0: no limit)."""
-    length = min(seq_len, n - n % unit)
-    if length <= 0:
-        return np.zeros(0, dtype=np.int64), 0
-    count = n // length
-    if max_bytes:
-        count = min(count, max(1, max_bytes // length))
-    starts = np.linspace(0, n - length, count).astype(np.int64) // unit * unit
-    return np.unique(starts), length
-
-
 def train(
     train_config: TrainConfig,
     model_config,
-    data_dir: str | Path,
+    data,
     out_dir: str | Path,
     resume: bool = False,
     *,
     preset: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `model_config` on the prepared dataset `data_dir`, writing the run into `out_dir`.
+    """Train `model_config` on `data` (a prepared dataset directory, or an objective such as
+    `megabyte.compare.subword.TokenObjective`), writing the run into `out_dir`.
 
     With `resume=True`, continue from `out_dir`'s latest checkpoint: the configs must match the
     saved ones except for the fields in `config.RESUMABLE` (budget, evaluation and saving cadence,
     device). Returns a summary: step, bytes, val_bpb, train_bpb, bytes_per_s, checkpoint, ...
     """
-    data = load_dataset(data_dir)
-    train_config, model_config = resolve_lengths(train_config, model_config, data)
+    objective = as_objective(data)
+    train_config, model_config = resolve_lengths(train_config, model_config, objective)
     out_dir = Path(out_dir)
-    checkpoint = check_resumable(out_dir, train_config, model_config, data) if resume else None
+    checkpoint = check_resumable(out_dir, train_config, model_config, objective) if resume else None
     if not resume:
         train_config = plan_schedule(train_config)
     runtime = init_distributed(train_config.device, train_config.precision, parallel=train_config.parallel,
                                timeout=train_config.dist_timeout)
     try:
-        return _run(runtime, train_config, model_config, data, out_dir, checkpoint, preset=preset, progress=progress)
+        return _run(runtime, train_config, model_config, objective, out_dir, checkpoint, preset=preset,
+                    progress=progress)
     except BaseException as exc:
         # The failed run's frames hold the trainer, and through its DDP or FSDP model the process
         # group: let them go, so that `close` below can end the group's threads.
@@ -522,7 +501,7 @@ def train(
         runtime.close()  # the trainer is gone by now: the group and its threads end here
 
 
-def _run(runtime: Runtime, train_config: TrainConfig, model_config, data: ByteDataset, out_dir: Path,
+def _run(runtime: Runtime, train_config: TrainConfig, model_config, objective, out_dir: Path,
          checkpoint: Path | None, *, preset: str | None, progress: bool) -> dict[str, Any]:
     """Build the Trainer in `runtime` and train; nothing of it outlives this call."""
     resume = checkpoint is not None
@@ -536,18 +515,17 @@ def _run(runtime: Runtime, train_config: TrainConfig, model_config, data: ByteDa
             prepare_fresh_run(out_dir)
         if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
             raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
-        trainer = Trainer(train_config, model_config, data, out_dir, runtime, preset=preset, progress=progress)
+        trainer = Trainer(train_config, model_config, objective, out_dir, runtime, preset=preset, progress=progress)
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if runtime.is_main:
             ckpt.remove_stale_temporaries(out_dir)
-            write_run_config(out_dir, model_config, train_config, data, preset=preset, runtime=runtime)
+            write_run_config(out_dir, model_config, train_config, objective, preset=preset, runtime=runtime)
+            objective.write_files(out_dir)
         with stop_on_signals(trainer):  # Ctrl-C, SIGTERM: save at the end of the step and stop
             return trainer.fit()
 
 
 def resolved_configs(train_config: TrainConfig, model_config, data_dir) -> tuple[TrainConfig, Any]:
     """The configs as a run on `data_dir` would use them (seq_len and dropout filled in)."""
-    return resolve_lengths(train_config, model_config, load_dataset(data_dir))
-
-
+    return resolve_lengths(train_config, model_config, as_objective(data_dir))

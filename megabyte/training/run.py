@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from megabyte import __version__
-from megabyte.data.dataset import ByteDataset
 from megabyte.errors import MegabyteError
 from megabyte.model.io import WEIGHTS, check_weights_size, read_config
 from megabyte.training import checkpoint as ckpt
 from megabyte.training.config import RESUMABLE, TrainConfig
+from megabyte.training.objective import as_objective
 
 TRAIN_CONFIG = "train_config.json"
 
 
-def resolve_lengths(cfg: TrainConfig, model_config, data: ByteDataset) -> tuple[TrainConfig, Any]:
-    """Fill in seq_len (model context, or one image) and dropout; check they fit model and data."""
+def resolve_lengths(cfg: TrainConfig, model_config, data) -> tuple[TrainConfig, Any]:
+    """Fill in seq_len (model context, or one image) and dropout; check they fit model and data
+    (an objective: `megabyte.training.objective`)."""
+    data = as_objective(data)
     dropout = cfg.dropout if cfg.dropout is not None else model_config.dropout
     model_config = dataclasses.replace(model_config, dropout=dropout)
     max_len, item = model_config.max_seq_len, data.item_len
@@ -38,9 +40,9 @@ def resolve_lengths(cfg: TrainConfig, model_config, data: ByteDataset) -> tuple[
     if item and seq_len % item:
         raise MegabyteError(f"train.seq_len {seq_len} must be a multiple of the image size ({item} bytes) "
                             "so that every sequence holds whole images")
-    train_len = int(data.meta["bytes"]["train"])
+    train_len = data.train_positions
     if train_len < seq_len:
-        raise MegabyteError(f"the train split of {data.directory} holds {train_len} bytes, fewer than one "
+        raise MegabyteError(f"the train split of {data.directory} holds {train_len} {data.unit}, fewer than one "
                             f"sequence of {seq_len}: use a shorter train.seq_len or more data")
     return dataclasses.replace(cfg, seq_len=seq_len, dropout=dropout), model_config
 
@@ -88,7 +90,7 @@ def prepare_fresh_run(out_dir: Path) -> None:
         raise MegabyteError(f"cannot create the run directory {out_dir}: {exc}") from None
 
 
-def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data: ByteDataset) -> Path:
+def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data) -> Path:
     """The checkpoint to resume from; MegabyteError if there is none or the configs differ."""
     checkpoint = _latest_or_error(out_dir)
     state = ckpt.read_trainer_state(checkpoint)
@@ -134,14 +136,14 @@ def _differences(section: str, saved: dict, now: dict, skip: frozenset = frozens
     return [f"{section}.{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
-def write_run_config(out_dir: Path, model_config, cfg: TrainConfig, data: ByteDataset, *, preset: str | None,
+def write_run_config(out_dir: Path, model_config, cfg: TrainConfig, data, *, preset: str | None,
                      runtime) -> None:
     try:
         ckpt.write_json(out_dir / TRAIN_CONFIG, {
             "megabyte_version": __version__,
             "model_kind": model_config.model_type,
             "preset": preset,
-            "data_dir": str(data.directory.resolve()),
+            "data_dir": data.directory,
             "modality": data.modality,
             "device": str(runtime.device),
             "precision": runtime.precision,

@@ -71,10 +71,15 @@ class Runtime:
         """Whether parameters and optimizer state are split over the processes (FSDP2)."""
         return self.distributed and self.parallel == "fsdp"
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype forward passes autocast to (None: the model's own, fp32)."""
+        return torch.bfloat16 if self.precision == "bf16" else None
+
     def autocast(self):
         """The context in which forward passes run."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:

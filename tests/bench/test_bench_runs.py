@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
+from megabyte.bench.harness import run_worker
 from megabyte.bench.rows import RowSpec
-from megabyte.bench.speed import SpeedOptions, render_markdown, run_speed, run_worker
+from megabyte.bench.speed import SpeedOptions, render_markdown, run_speed
 from megabyte.bench.worker import run_task
 
 

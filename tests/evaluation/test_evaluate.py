@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import megabyte
 from megabyte.errors import MegabyteError
-from megabyte.evaluation import EvalResult, evaluate, plan_windows, rank_batches, reduce_result
+from megabyte.evaluation import EvalResult, evaluate, plan_windows, rank_batches, reduce_result, sample_segments
 from megabyte.model.base import byte_loss
 from tests.evaluation.helpers import Uniform, real_text, tiny_megabyte
 
@@ -243,6 +243,30 @@ def test_max_bytes_scores_a_prefix():
     data = real_text(200)
     assert evaluate(model, data, max_bytes=70).nats == pytest.approx(evaluate(model, data[:70]).nats, rel=1e-6)
     assert evaluate(model, data, max_bytes=70, item_len=20).bytes == 60  # whole images only
+
+
+def test_sample_segments_are_spread_whole_and_apart():
+    assert sample_segments(1000, 100, 300) == [(0, 100), (450, 550), (900, 1000)]
+    assert sample_segments(1000, 100, 30) == [(0, 100)]  # at least one window
+    assert sample_segments(1000, 100, 1000) is None  # the whole data: score it all
+    segments = sample_segments(12 * 48, 48, 6 * 48, unit=48)  # whole images only
+    assert len(segments) == 6 and all(b % 48 == 0 and e - b == 48 for b, e in segments)
+    segments = sample_segments(10_001, 64, 2048, unit=2)  # audio: windows start on a sample
+    assert len(segments) == 32 and all(b % 2 == 0 for b, _ in segments)
+    assert all(e1 <= b2 for (_, e1), (b2, _) in zip(segments, segments[1:]))
+
+
+def test_a_sample_scores_its_windows_each_from_its_first_byte():
+    model = tiny_megabyte()
+    data = real_text(400)
+    sample = evaluate(model, data, seq_len=32, sample_bytes=96)
+    alone = [evaluate(model, data[b:e], seq_len=32) for b, e in sample_segments(400, 32, 96)]
+    assert sample.bytes == 96 == sum(r.bytes for r in alone)
+    assert sample.nats == pytest.approx(sum(r.nats for r in alone), rel=1e-5)
+    assert evaluate(model, data, seq_len=32, sample_bytes=400).nats == pytest.approx(
+        evaluate(model, data, seq_len=32).nats, rel=1e-6)  # a sample of everything is everything
+    with pytest.raises(MegabyteError, match="sample_bytes"):
+        evaluate(model, data, sample_bytes=96, max_bytes=100)
 
 
 @pytest.mark.parametrize(

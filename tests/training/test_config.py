@@ -9,7 +9,7 @@ import pytest
 from megabyte import ConfigError, MegabyteConfig, MegabyteError, TransformerConfig
 from megabyte.training.config import TrainConfig, parse_duration, read_toml, split_overrides
 from megabyte.training.optim import lr_at
-from megabyte.training.presets import MODEL_KINDS, PRESETS, describe_presets, get_preset, parameter_count
+from megabyte.training.presets import PRESETS, describe_presets, get_preset, model_kinds, parameter_count
 
 
 def test_defaults_are_the_papers_optimizer_settings():
@@ -76,7 +76,7 @@ def test_toml_file(tmp_path):
 def test_every_preset_builds_every_model_kind():
     for preset in PRESETS.values():
         train = TrainConfig(**preset.train)
-        for kind in MODEL_KINDS:
+        for kind in model_kinds():
             config = preset.model_config(kind)
             assert config.max_seq_len >= (train.seq_len or 1)
     assert {"tiny", "small", "text", "imagenet64", "audio"} <= set(PRESETS)
@@ -91,7 +91,7 @@ def test_every_preset_builds_every_model_kind():
 def test_baselines_are_about_the_same_size():
     for name in ("tiny", "small", "medium", "text"):
         preset = get_preset(name)
-        counts = {k: parameter_count(preset.model_config(k)) for k in MODEL_KINDS}
+        counts = {k: parameter_count(preset.model_config(k)) for k in model_kinds()}
         assert 0.75 < counts["transformer"] / counts["megabyte"] < 1.33, (name, counts)
     assert "imagenet64" in describe_presets()
 

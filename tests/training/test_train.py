@@ -1,5 +1,6 @@
 """The training loop end to end on real text: loss falls, the run directory is complete, the
-latest checkpoint loads and reproduces the reported validation bpb."""
+latest checkpoint loads and reproduces the reported validation bpb (`test_validation.py`: through
+`megabyte eval`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import megabyte
 from megabyte.data.dataset import load_dataset
-from megabyte.model import byte_loss
-from megabyte.model.base import LN2
+from megabyte.evaluation import evaluate
 from megabyte.training import TrainConfig, get_preset, train
-from megabyte.training.loop import validation_windows
 from tests.training.helpers import metrics
 
 
@@ -86,13 +84,10 @@ def test_load_run_gives_the_latest_model(tiny_run, text_data):
     run, summary = tiny_run
     model = megabyte.load(run)
     assert isinstance(model, megabyte.Megabyte) and not model.training
-    # The loaded model reproduces the reported validation bpb (same windows, fp32).
+    # The loaded model reproduces the reported validation bpb (the same sample of windows, fp32).
     val = load_dataset(text_data).split("val")
-    starts, length = validation_windows(len(val), 64, 4096)
-    x = torch.from_numpy(np.stack([val[s : s + length] for s in starts]).astype(np.int64))
-    with torch.no_grad():
-        loss = byte_loss(model(x), x)
-    assert float(loss.nats) / (LN2 * loss.bytes) == pytest.approx(summary["val_bpb"], rel=1e-5)
+    result = evaluate(model, val, seq_len=64, batch_size=4, sample_bytes=4096)
+    assert result.bpb == pytest.approx(summary["val_bpb"], rel=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["transformer", "perceiver-ar"])
@@ -119,13 +114,3 @@ def test_time_budget_stops_the_run(text_data, tmp_path):
     summary = train(cfg, model_config, text_data, tmp_path / "timed", progress=False)
     assert summary["stop_reason"] == "max_time" and summary["step"] >= 1
     assert (tmp_path / "timed" / "latest").is_file()
-
-
-def test_validation_windows_are_spread_and_whole():
-    starts, length = validation_windows(1000, 100, 300)
-    assert length == 100 and list(starts) == [0, 450, 900]
-    starts, length = validation_windows(50, 100, 0)  # a split shorter than one window
-    assert length == 50 and list(starts) == [0]
-    starts, length = validation_windows(12 * 48, 96, 0, unit=48)  # whole images only
-    assert length == 96 and all(s % 48 == 0 for s in starts) and len(starts) == 6
-    assert validation_windows(0, 64, 0)[0].size == 0
