@@ -107,7 +107,7 @@ def test_a_registered_kind_trains_saves_loads_evaluates_samples_and_compares(toy
 
     out = tmp_path / "cmp"
     assert main(["compare", "--data", str(text_data), "--models", f"{KIND},transformer", "--preset", "tiny",
-                 "--flops", "3e8", "--eval-bytes", "1024", "--gen-bytes", "16", "--out", str(out),
+                 "--flops", "3e8", "--eval-bytes", "1024", "--gen-bytes", "16", "--lr-sweep", "off", "--out", str(out),
                  "--no-progress"]) == 0
     cmp = json.loads((out / "compare.json").read_text())
     toy = cmp["models"][0]

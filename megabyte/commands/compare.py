@@ -58,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="PyTorch CPU threads (default: PyTorch's choice; 1 is steadier on a busy, shared CPU)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every model and data order")
+    p.add_argument("--lr-sweep", choices=("on", "off"), default="on",
+                   help="on (default): tune each model's peak learning rate first, every value of the grid trained "
+                   "on a tenth of the budget and scored on held-back training bytes; off: the preset's for all")
+    p.add_argument("--lr-grid", metavar="LRS", type=_grid,
+                   help="comma-separated learning rates to try (default: 1/4, 1/2, 1 and 2 times the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -72,11 +77,21 @@ def run(args: argparse.Namespace) -> int:
         args.data, out, models=args.models, budget=args.budget, flops=args.flops, preset=args.preset,
         vocab_size=args.vocab_size, eval_bytes=args.eval_bytes, gen_bytes=args.gen_bytes, device=args.device,
         precision=args.precision, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
-        progress=not args.no_progress,
+        progress=not args.no_progress, lr_sweep=args.lr_sweep == "on", lr_grid=args.lr_grid,
         command=_command(args, out),
     )
     print(Path(out, "compare.md").read_text(encoding="utf-8"))
     return 0 if report["models"] else 1
+
+
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of learning rates: {text!r}") from None
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates must be above 0: {text!r}")
+    return values
 
 
 def _command(args: argparse.Namespace, out: str) -> str:
@@ -87,7 +102,10 @@ def _command(args: argparse.Namespace, out: str) -> str:
                                  ("--vocab-size", args.vocab_size, 4096), ("--eval-bytes", args.eval_bytes, None),
                                  ("--gen-bytes", args.gen_bytes, 256), ("--device", args.device, "auto"),
                                  ("--precision", args.precision, None), ("--batch-size", args.batch_size, None),
-                                 ("--threads", args.threads, None), ("--seed", args.seed, 0)):
+                                 ("--threads", args.threads, None), ("--seed", args.seed, 0),
+                                 ("--lr-sweep", args.lr_sweep, "on"),
+                                 ("--lr-grid", ",".join(f"{v:g}" for v in args.lr_grid) if args.lr_grid else None,
+                                  None)):
         if value is not None and value != default:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(p) for p in [*parts, "--out", out])

@@ -174,6 +174,7 @@ def markdown(report: dict) -> str:
               "a patch). Sliding windows step by half the context. Generation: cached sampling of "
               f"{report['models'][0]['generation']['bytes'] if report['models'] else 0} bytes at temperature 1 "
               "after a short prompt, batch 1."]
+    lines += lr_lines(report)
     said = verdict(report) + crossing_sentences(report)
     if said:
         lines += ["", "## What the numbers say", ""] + [f"- {s}" for s in said]
@@ -198,6 +199,26 @@ def markdown(report: dict) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def lr_lines(report: dict) -> list[str]:
+    """The learning-rate sweep of every model: each value's score on the held-back training
+    bytes, the choice and the cost (none without a sweep)."""
+    sweeps = [(m, m["lr_sweep"]) for m in report["models"] if m.get("lr_sweep")]
+    if not sweeps:
+        return []
+    lines = ["", "## Learning rates", "",
+             f"Each model's peak learning rate was chosen by a sweep: every value trained on "
+             f"{sweeps[0][1]['slice']:.0%} of the model's budget, scored on the held-back end of the training "
+             "split (never the validation split); the sweep's cost is beside the budget, not in it.", "",
+             "| model | tried: bpb on held-back training bytes | chosen | sweep FLOPs | sweep time |",
+             "|---|---|---:|---:|---:|"]
+    for m, sw in sweeps:
+        tried = ", ".join(f"{t['lr']:.3g}: " + (f"{t['score']:.3f}" if t["score"] is not None else "diverged")
+                          for t in sw["trials"])
+        lines.append(f"| {m['label']} | {tried} | {sw['chosen']:.3g} | {human_flops(sw['flops'])} | "
+                     f"{sw['seconds']:.0f} s |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------ plot

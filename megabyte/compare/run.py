@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -42,6 +43,10 @@ EVAL_SHARE = 0.1
 that is slow per byte evaluates fewer bytes per point, so validation never eats its training time."""
 PROBE_STEPS = 3
 """Timed steps of the step-time probe (after two untimed ones)."""
+GRID = (0.25, 0.5, 1.0, 2.0)
+"""The default learning-rate grid, as multiples of the preset's peak learning rate."""
+SWEEP_SLICE = 0.1
+"""Each learning-rate trial trains on this share of the model's budget."""
 
 
 @dataclass
@@ -71,8 +76,16 @@ class CompareConfig:
     progress: bool = True
     command: str | None = None
     """The command line, recorded in the report."""
+    lr_sweep: bool = True
+    """Tune each model's peak learning rate (a sweep on held-back training bytes) before training it."""
+    lr_grid: tuple[float, ...] | None = None
+    """The learning rates the sweep tries (default: `GRID` times the preset's)."""
 
     def __post_init__(self) -> None:
+        if self.lr_grid is not None:
+            self.lr_grid = tuple(float(v) for v in self.lr_grid)
+            if not self.lr_grid or not all(0 < v < 1e3 for v in self.lr_grid):
+                raise MegabyteError(f"--lr-grid needs learning rates above 0, got {self.lr_grid}")
         for name, low in (("threads", 1), ("batch_size", 1), ("eval_bytes", 1), ("gen_bytes", 1),
                           ("vocab_size", 256)):
             value = getattr(self, name)
@@ -413,7 +426,8 @@ def run_comparison(config: CompareConfig, say=print) -> dict[str, Any]:
         "budget": {**config.limits, "per": "model",
                    "matched": "wall-clock seconds" if config.limits["seconds"] else "training FLOPs"},
         "preset": config.preset, "seed": config.seed, "batch_size": config.batch_size, "machine": machine(),
-        "setup": setup, "sizing": SIZING, "models": results, "skipped": skipped,
+        "setup": setup, "sizing": SIZING.format(lr=LR_TUNED if config.lr_sweep else LR_SHARED), "models": results,
+        "skipped": skipped, "lr_sweep": config.lr_sweep,
     }
     write_reports(report, config.out_dir)
     say(f"wrote {config.out_dir / 'compare.md'}, {config.out_dir / 'compare.json'} and "
@@ -434,10 +448,12 @@ def open_data(data_dir):
 
 
 def make_runs_dir(out_dir: Path) -> Path:
-    """OUT/runs, which must not hold an earlier comparison."""
+    """OUT/runs, which must not hold an earlier comparison (nor OUT/sweep its sweeps)."""
     runs = out_dir / "runs"
-    if runs.exists() and any(runs.iterdir()):
-        raise MegabyteError(f"{out_dir} already holds a comparison ({runs} is not empty): choose another --out")
+    for earlier in (runs, out_dir / "sweep"):
+        if earlier.exists() and any(earlier.iterdir()):
+            raise MegabyteError(f"{out_dir} already holds a comparison ({earlier} is not empty): "
+                                "choose another --out")
     try:
         runs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -460,9 +476,11 @@ def token_data(data, config: CompareConfig, setup: dict[str, Any], say):
 
 
 def run_entry(entry: Entry, data, config: CompareConfig, tokens, prompt: bytes, say) -> dict[str, Any]:
-    """Train one model on its budget, score it on the validation bytes, time its generation."""
+    """Tune its learning rate, train one model on its budget, score it on the validation bytes,
+    time its generation."""
     from megabyte.training.loop import train
 
+    sweep = sweep_lr(entry, config, say) if config.lr_sweep else None
     run_dir = config.out_dir / "runs" / entry.name
     say(f"== {entry.kind.label}: training ({_describe_budget(config.limits)}) into {run_dir}")
     summary = train(entry.train_config, entry.model_config, entry.objective, run_dir, preset=config.preset,
@@ -472,12 +490,70 @@ def run_entry(entry: Entry, data, config: CompareConfig, tokens, prompt: bytes, 
     scores = evaluate_entry(entry, summary, data, tokens=tokens, eval_bytes=config.eval_bytes)
     speed = generation_speed(entry, summary, prompt, config.gen_bytes, tokens=tokens)
     say(f"{entry.name}: {scores['basic']['bpb']:.4f} bpb (basic), {speed['bytes_per_s']:.0f} bytes/s generating")
-    return _result(entry, summary, scores, speed, tokens)
+    return {**_result(entry, summary, scores, speed, tokens), "lr_sweep": sweep}
+
+
+def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
+    """Try every learning rate of the grid on `SWEEP_SLICE` of the model's budget, trained on the
+    training split less its held-back end and scored there (never on the validation split);
+    set the best as the model's peak learning rate (min_lr keeps its ratio). Returns the grid,
+    each trial's score, the choice and what the sweep cost (reported beside the budget)."""
+    from megabyte.training.loop import train
+
+    cfg = entry.train_config
+    grid = config.lr_grid or tuple(cfg.lr * m for m in GRID)
+    held = entry.objective.held_out()
+    trial = dataclasses.replace(entry, objective=held, notes=[])
+    limits = {k: v * SWEEP_SLICE if v is not None else None for k, v in config.limits.items()}
+    fit_budget(trial, limits, lambda _: entry.step_seconds)
+    base = dataclasses.replace(trial.train_config, eval_every=0, eval_bytes=0)
+    say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} "
+        f"({SWEEP_SLICE:.0%} of the budget each, scored on {held.describe_held()})")
+    trials, start = [], time.perf_counter()
+    for lr in grid:
+        run_dir = config.out_dir / "sweep" / entry.name / f"lr-{lr:.3g}"
+        try:
+            summary = train(dataclasses.replace(base, lr=lr, min_lr=lr * cfg.min_lr / cfg.lr), trial.model_config,
+                            held, run_dir, preset=config.preset, progress=False)
+            trials.append({"lr": lr, "score": summary["val_bpb"], "steps": summary["step"],
+                           "seconds": summary["elapsed"]})
+        except MegabyteError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            trials.append({"lr": lr, "score": None, "steps": None, "diverged": True})
+        _drop_checkpoints(run_dir)
+        say(f"{entry.name}: lr {lr:.3g}: " + (f"{trials[-1]['score']:.4f} bpb on the held-back bytes"
+                                              if trials[-1]["score"] is not None else "diverged"))
+    chosen = choose_lr(trials)
+    if chosen is None:
+        entry.notes.append(f"every learning rate of the sweep diverged: trained at the preset's {cfg.lr:g}")
+        chosen = cfg.lr
+    entry.train_config = dataclasses.replace(cfg, lr=chosen, min_lr=chosen * cfg.min_lr / cfg.lr)
+    steps = sum(t["steps"] or 0 for t in trials)
+    return {"grid": list(grid), "trials": trials, "chosen": chosen, "preset_lr": cfg.lr, "slice": SWEEP_SLICE,
+            "scored_on": held.describe_held(), "flops": steps * entry.flops_per_step,
+            "seconds": time.perf_counter() - start, "charged": False}
+
+
+def choose_lr(trials: list[dict[str, Any]]) -> float | None:
+    """The learning rate of the lowest score (the first of equals); None if every trial diverged."""
+    scored = [t for t in trials if t.get("score") is not None and math.isfinite(t["score"])]
+    return min(scored, key=lambda t: t["score"])["lr"] if scored else None
+
+
+def _drop_checkpoints(run_dir: Path) -> None:
+    """A finished trial keeps its metrics and loss curve, not its weights."""
+    import shutil
+
+    from megabyte.training.checkpoint import CHECKPOINTS, LATEST
+
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    (run_dir / LATEST).unlink(missing_ok=True)
 
 
 SIZING = ("One preset gives every model kind about the same parameter count; every model reads the same "
           "bytes per sequence and per update (batch x context; the subword model's context in tokens covers "
-          "about as many bytes), and the preset's learning rate and schedule (not tuned per model). The budget, "
+          "about as many bytes), and the preset's schedule; {lr}. The budget, "
           "per model, then decides how many updates each gets. Warm-up is "
           "at most a tenth and the evaluation cadence an eighth of the steps expected to fit (from the FLOP "
           "count, or from a step time measured just before training), and each curve point validates on "
@@ -485,6 +561,13 @@ SIZING = ("One preset gives every model kind about the same parameter count; eve
           "model's budget (a wall-clock budget includes it). Training FLOPs are counted "
           "analytically: 6 x weights x positions for every matmul, plus 12 x width x (query, key) pairs per "
           "attention layer; MEGABYTE's global stage counts once per patch, its local stage once per byte.")
+
+
+LR_TUNED = ("each model's peak learning rate chosen by a sweep: every value of the grid trained on "
+            f"{SWEEP_SLICE:.0%} of that model's budget on the training split less its held-back end, scored "
+            "on that end (never on the validation split), the lowest taken; the sweep's cost is stated beside "
+            "the budget, not charged to it")
+LR_SHARED = "the preset's peak learning rate for every model (--lr-sweep off: not tuned per model)"
 
 
 def _describe_budget(limits: dict) -> str:

@@ -224,6 +224,34 @@ class TokenObjective:
         self.train_positions = len(tokens.train)
         self.bytes_per_position = tokens.bytes_per_token
 
+    def held_out(self, share: float | None = None, most: int | None = None) -> TokenObjective:
+        """This objective with the end of the training tokens held back as its validation (see
+        `ByteObjective.held_out`; `most` counts bytes)."""
+        from megabyte.training.objective import HOLD_MAX, HOLD_SHARE
+
+        train, bpe = self.tokens.train, self.tokens.bpe
+        share = HOLD_SHARE if share is None else share
+        most = HOLD_MAX if most is None else most
+        hold = max(1, int(min(len(train) * share, most / self.tokens.bytes_per_token)))
+        cut = len(train) - hold
+        if cut < hold:
+            raise MegabyteError(f"the train split ({len(train):,} tokens) is too small to hold back {hold:,} tokens "
+                                "for the learning-rate sweep")
+        rest, held = train[:cut], train[cut:]
+        tokens = TokenData(bpe, rest, held, int(bpe.byte_lengths[rest].sum()), int(bpe.byte_lengths[held].sum()))
+        held_out = TokenObjective(tokens, self.meta, self.directory)
+        held_out.held_note = f"the last {hold:,} tokens ({tokens.val_bytes:,} bytes) of the train split"
+        return held_out
+
+    def describe_held(self) -> str:
+        return getattr(self, "held_note", "the validation text")
+
+    def unigram_bits(self) -> float:
+        """The unigram entropy of the training tokens, per byte of text."""
+        from megabyte.training.objective import unigram_entropy
+
+        return unigram_entropy(self.tokens.train, self.tokens.bpe.vocab_size) / self.tokens.bytes_per_token
+
     def sampler(self, seq_len: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
         from megabyte.data.dataset import BatchSampler
 

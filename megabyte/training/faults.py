@@ -7,6 +7,7 @@ where a test can make the process die, stall or fail, chosen by one environment 
     checkpoint.start=sleep:3       stall 3 s at the start of every checkpoint save
     checkpoint.optimizer=ENOSPC    fail the write as if the disk were full (any errno name)
     loss@5=nan                     make step 5's loss NaN
+    loss@30=spike:4                make step 30's loss 4 times larger (a loss spike)
 
 Points (in the order a save passes them): `checkpoint.start` (temporary directory made),
 `checkpoint.model`, `checkpoint.trainer_state`, `checkpoint.optimizer` (files written),

@@ -40,6 +40,7 @@ from megabyte.training import faults
 from megabyte.training.config import TrainConfig
 from megabyte.training.lock import RunLock
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
+from megabyte.training.notices import SpikeWatch, spike_warning, unigram_hint
 from megabyte.training.objective import as_objective
 from megabyte.training.optim import build_optimizer, lr_at
 from megabyte.training.run import (
@@ -111,6 +112,9 @@ class Trainer:
         self._reset_interval()
         self._unchecked = torch.zeros((), device=runtime.device)  # step losses not yet checked finite
         self._checked_step = 0
+        self.spikes = SpikeWatch()
+        self.notices: list[str] = []  # warnings and hints to say after the current step
+        self._hint_checked = False
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -125,6 +129,7 @@ class Trainer:
     def _reset_interval(self) -> None:
         self._nats = torch.zeros((), device=self.runtime.device)
         self._interval = {"bytes": 0, "steps": 0, "train_time": 0.0}
+        self._steps: list[tuple[torch.Tensor, int]] = []  # (nats, bytes) of each step since the last record
 
     def stop_reason(self) -> str | None:
         """Why to stop now (None: go on). The same answer on every process: clocks and stop
@@ -159,6 +164,7 @@ class Trainer:
             group["lr"] = lr
         positions = self.micro_batch * self.micro_steps * cfg.seq_len  # predictions in this process's step
         step_bytes = 0  # the bytes of data they stand for (= positions for a byte model)
+        step_nats = torch.zeros((), device=runtime.device)
         for i in range(self.micro_steps):
             x = self.sampler.next_batch()  # (B, T)
             step_bytes += self.objective.count(x)
@@ -168,11 +174,12 @@ class Trainer:
                 nats = self.objective.loss(self.network(x), x)
             # The mean over this process's step; averaging over the (equal) processes gives the
             # mean over the global batch, as one process running all of it would compute.
-            if faults.inject("loss", self.state.step + 1) == "nan":
-                nats = nats * float("nan")
+            nats = _injected(nats, faults.inject("loss", self.state.step + 1))
             (nats / positions).backward()
-            self._nats += nats.detach()
-            self._unchecked += nats.detach()
+            step_nats += nats.detach()
+        self._nats += step_nats
+        self._unchecked += step_nats
+        self._steps.append((step_nats, step_bytes))
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
@@ -319,12 +326,42 @@ class Trainer:
             record["lr"] = self.lr
             record["bytes_per_s"] = iv["bytes"] * self.runtime.world_size / max(iv["train_time"], 1e-9)
             self.last_train_bpb, self.last_rate = record["train_bpb"], record["bytes_per_s"]
+            spikes = self._watch_spikes()
+            if spikes:
+                record["spikes"] = spikes
         if val_bpb is not None:
             record["val_bpb"] = val_bpb
         record["elapsed"] = round(self.elapsed(), 3)
         self.metrics.append(record)
         self._reset_interval()
         return record
+
+    def _watch_spikes(self) -> list[dict[str, Any]]:
+        """The loss spikes among the steps since the last record (a collective: every process's
+        step losses are summed first), each also queued as a warning to print."""
+        nats = self.runtime.sum(torch.stack([n for n, _ in self._steps]).tolist())
+        first = self.state.step - len(self._steps) + 1
+        found = []
+        for i, (total, (_, count)) in enumerate(zip(nats, self._steps)):
+            spike = self.spikes.check(first + i, total / (LN2 * count * self.runtime.world_size))
+            if spike is not None:
+                found.append(spike)
+                self.notices.append(spike_warning(spike))
+        return found
+
+    def _check_learning(self, val_bpb: float) -> None:
+        """Once, at the first validation after a tenth of the run: queue a hint if validation is
+        no better than the unigram entropy of the training data."""
+        cfg = self.cfg
+        done = max(self.state.step / cfg.max_steps if cfg.max_steps else 0.0,
+                   self.elapsed() / cfg.max_time if cfg.max_time else 0.0)
+        if self._hint_checked or done < 0.1 or not self.runtime.is_main:
+            return
+        self._hint_checked = True
+        unigram = getattr(self.objective, "unigram_bits", None)
+        hint = unigram_hint(val_bpb, unigram(), self.state.step) if unigram is not None else None
+        if hint:
+            self.notices.append(hint)
 
     def check_finite(self, model: torch.nn.Module | None = None) -> None:
         """Stop (MegabyteError) if a training loss since the last check, or a weight of `model`
@@ -404,11 +441,16 @@ class Trainer:
                 if val is not None:
                     say(f"step {s.step}: val {val:.4f} bpb, train {self.last_train_bpb:.4f} bpb, "
                         f"{human(self.last_rate)} bytes/s, {format_duration(self.elapsed())} elapsed")
+                    self._check_learning(val)
+                while self.notices:
+                    say(self.notices.pop(0))
                 if last or self._due(cfg.save_every):
                     self.save()
                 progress.update(1, bpb=self.last_train_bpb, bytes_per_s=self.last_rate, eta=self._eta())
             # Stopped without a final step (resumed at the budget, or time ran out while evaluating).
             self.log(self.evaluate() if s.val_step != s.step and reason in BUDGETS else None)
+            while self.notices:
+                say(self.notices.pop(0))
             if self.saved_step != s.step:
                 self.save()
         finally:
@@ -440,6 +482,15 @@ class Trainer:
             "device": str(self.runtime.device),
             "precision": self.runtime.precision,
         }
+
+
+def _injected(nats: torch.Tensor, action: str | None) -> torch.Tensor:
+    """A step's loss as a fault-injection test asks for it ("nan"; "spike:F": F times larger)."""
+    if action == "nan":
+        return nats * float("nan")
+    if action and action.startswith("spike:"):
+        return nats * float(action[len("spike:"):])
+    return nats
 
 
 def _request_code(reason: str | None) -> int:

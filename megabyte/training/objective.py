@@ -22,11 +22,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from megabyte.data.dataset import BatchSampler, ByteDataset, load_dataset
+from megabyte.errors import MegabyteError
 from megabyte.evaluation import EvalResult, evaluate
 from megabyte.model.base import byte_loss
+
+HOLD_SHARE = 0.05
+"""The share of the training split a learning-rate sweep holds back to score its trials on..."""
+HOLD_MAX = 1 << 18
+"""... at most this many bytes."""
+UNIGRAM_SAMPLE = 1 << 24
 
 
 class ByteObjective:
@@ -35,14 +43,20 @@ class ByteObjective:
     unit = "bytes"
     bytes_per_position = 1.0
 
-    def __init__(self, data: ByteDataset) -> None:
+    def __init__(self, data: ByteDataset, *, train=None, val=None) -> None:
         self.data = data
         self.meta: dict[str, Any] = data.meta
         self.directory: str = str(data.directory.resolve())
         self.modality: str = data.modality
         self.item_len: int | None = data.item_len
-        self.train_positions = int(data.meta["bytes"]["train"])
-        self._val = None
+        self._train, self._val = train, val  # None: the dataset's splits (read when first needed)
+        self.train_positions = int(data.meta["bytes"]["train"]) if train is None else len(train)
+
+    @property
+    def train(self):
+        if self._train is None:
+            self._train = self.data.split("train")
+        return self._train
 
     @property
     def val(self):
@@ -50,10 +64,34 @@ class ByteObjective:
             self._val = self.data.split("val")
         return self._val
 
+    def held_out(self, share: float = HOLD_SHARE, most: int = HOLD_MAX) -> ByteObjective:
+        """This objective with the end of the training split (`share` of it, at most `most`
+        bytes, in whole images and samples) held back as its validation: a learning-rate trial
+        trains on the rest and is scored there, and the validation split is never read."""
+        unit = self.item_len or self.data.align
+        hold = max(unit, int(min(len(self.train) * share, most)) // unit * unit)
+        cut = len(self.train) - hold
+        if cut < hold:
+            raise MegabyteError(f"the train split ({len(self.train):,} bytes) is too small to hold back "
+                                f"{hold:,} bytes for the learning-rate sweep")
+        held = ByteObjective(self.data, train=self.train[:cut], val=self.train[cut:])
+        held.held_note = f"the last {hold:,} bytes of the train split"
+        return held
+
+    def describe_held(self) -> str:
+        """Which bytes a held-out objective scores on."""
+        return getattr(self, "held_note", "the validation split")
+
     def sampler(self, seq_len: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> BatchSampler:
         # The dataset's layout (whole images, whole 16-bit audio samples) comes with the split.
-        return BatchSampler.for_split(self.data, "train", seq_len, batch_size, seed=seed, rank=rank,
-                                      world_size=world_size)
+        item_len = self.item_len
+        return BatchSampler(self.train, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
+                            item_len=item_len, align=1 if item_len else self.data.align)
+
+    def unigram_bits(self) -> float:
+        """The entropy (bits per byte) of the training bytes' frequencies: what a model that has
+        learned only byte frequencies scores (counted on up to 16 MiB spread over the split)."""
+        return unigram_entropy(self.train, 256)
 
     def count(self, x: Tensor) -> int:
         return x.numel()
@@ -87,3 +125,15 @@ def as_objective(data):
     if isinstance(data, ByteDataset):
         return ByteObjective(data)
     return data
+
+
+def unigram_entropy(ids, vocab: int) -> float:
+    """Entropy in bits of the frequencies of `ids` (1-D), counted on at most `UNIGRAM_SAMPLE`
+    of them in 64 evenly spaced runs (a memory-mapped split is never read whole)."""
+    n = len(ids)
+    if n > UNIGRAM_SAMPLE:
+        run = UNIGRAM_SAMPLE // 64
+        ids = np.concatenate([np.asarray(ids[s : s + run]) for s in np.linspace(0, n - run, 64).astype(np.int64)])
+    counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())

@@ -25,7 +25,7 @@ def few_points(monkeypatch):
 def test_compare_end_to_end(text_data, tmp_path, capsys, few_points):
     out = tmp_path / "cmp"
     rc = compare("--data", str(text_data), "--preset", "tiny", "--flops", "8e8", "--vocab-size", "320",
-                 "--eval-bytes", "2048", "--gen-bytes", "24", "--out", str(out))
+                 "--eval-bytes", "2048", "--gen-bytes", "24", "--lr-sweep", "off", "--out", str(out))
     assert rc == 0
     report = json.loads((out / "compare.json").read_text())
     names = [m["name"] for m in report["models"]]
