@@ -47,6 +47,8 @@ GRID = (0.25, 0.5, 1.0, 2.0)
 """The default learning-rate grid, as multiples of the preset's peak learning rate."""
 SWEEP_SLICE = 0.1
 """Each learning-rate trial trains on this share of the model's budget."""
+SWEEP_EVAL_BYTES = 1 << 15
+"""Held-back bytes a trial is scored on, at least (all of them when fewer are held back)."""
 
 
 @dataclass
@@ -506,7 +508,11 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
     trial = dataclasses.replace(entry, objective=held, notes=[])
     limits = {k: v * SWEEP_SLICE if v is not None else None for k, v in config.limits.items()}
     fit_budget(trial, limits, lambda _: entry.step_seconds)
-    base = dataclasses.replace(trial.train_config, eval_every=0, eval_bytes=0)
+    # Each trial is scored once, at its end, on about a tenth of its cost in held-back bytes (at
+    # least SWEEP_EVAL_BYTES, so that the scores are not noise); a trial is short, the held slice not.
+    steps = trial.train_config.max_steps or max(1, int(limits["seconds"] / max(entry.step_seconds or 1e-9, 1e-9)))
+    share = int(3 * EVAL_SHARE * steps * trial.bytes_per_step)
+    base = dataclasses.replace(trial.train_config, eval_every=0, eval_bytes=max(SWEEP_EVAL_BYTES, share))
     say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} "
         f"({SWEEP_SLICE:.0%} of the budget each, scored on {held.describe_held()})")
     trials, start = [], time.perf_counter()
