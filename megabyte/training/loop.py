@@ -359,7 +359,7 @@ class Trainer:
             return
         self._hint_checked = True
         unigram = getattr(self.objective, "unigram_bits", None)
-        hint = unigram_hint(val_bpb, unigram(), self.state.step) if unigram is not None else None
+        hint = unigram_hint(val_bpb, unigram(), self.state.step, done) if unigram is not None else None
         if hint:
             self.notices.append(hint)
 

@@ -49,10 +49,11 @@ def spike_warning(spike: dict[str, Any]) -> str:
             f"{spike['over']} steps (a lower train.lr may help)")
 
 
-def unigram_hint(val_bpb: float, unigram_bits: float, step: int) -> str | None:
-    """The hint to print when validation is no better than byte frequencies alone, else None."""
+def unigram_hint(val_bpb: float, unigram_bits: float, step: int, done: float = 0.1) -> str | None:
+    """The hint to print when validation is no better than byte frequencies alone (at step
+    `step`, `done` of the run), else None."""
     if not val_bpb < unigram_bits:
-        return (f"hint: validation {val_bpb:.3f} bpb at step {step}, a tenth of the run in, is no better than the "
+        return (f"hint: validation {val_bpb:.3f} bpb at step {step} ({done:.0%} of the run) is no better than the "
                 f"unigram entropy of the training data ({unigram_bits:.3f} bits): the model has learned little "
                 "beyond byte frequencies; try a lower train.lr (megabyte compare tunes it per model)")
     return None
