@@ -59,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="PyTorch CPU threads (default: PyTorch's choice; 1 is steadier on a busy, shared CPU)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every model and data order")
     p.add_argument("--lr-sweep", choices=("on", "off"), default="on",
-                   help="on (default): tune each model's peak learning rate first, every value of the grid trained "
-                   "on a tenth of the budget and scored on held-back training bytes; off: the preset's for all")
+                   help="on (default): tune each model's peak learning rate first, every value of the grid training "
+                   "the first fifth of the run, scored on held-back training bytes; off: the preset's for all")
     p.add_argument("--lr-grid", metavar="LRS", type=_grid,
                    help="comma-separated learning rates to try (default: 1/4, 1/2, 1 and 2 times the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -208,14 +208,15 @@ def lr_lines(report: dict) -> list[str]:
     if not sweeps:
         return []
     lines = ["", "## Learning rates", "",
-             f"Each model's peak learning rate was chosen by a sweep: every value trained on "
-             f"{sweeps[0][1]['slice']:.0%} of the model's budget, scored on the held-back end of the training "
-             "split (never the validation split); the sweep's cost is beside the budget, not in it.", "",
+             f"Each model's peak learning rate was chosen by a sweep: every value trained the first "
+             f"{sweeps[0][1]['slice']:.0%} of the model's run, scored on the held-back end of the training "
+             "split (never the validation split); among the trials without a loss spike, the lowest rate within "
+             f"{sweeps[0][1]['tolerance']} bpb of the best. The sweep's cost is beside the budget, not in it.", "",
              "| model | tried: bpb on held-back training bytes | chosen | sweep FLOPs | sweep time |",
              "|---|---|---:|---:|---:|"]
     for m, sw in sweeps:
-        tried = ", ".join(f"{t['lr']:.3g}: " + (f"{t['score']:.3f}" if t["score"] is not None else "diverged")
-                          for t in sw["trials"])
+        tried = ", ".join(f"{t['lr']:.3g}: " + (f"{t['score']:.3f}" + (" (spikes)" if t.get("spikes") else "")
+                                                if t["score"] is not None else "diverged") for t in sw["trials"])
         lines.append(f"| {m['label']} | {tried} | {sw['chosen']:.3g} | {human_flops(sw['flops'])} | "
                      f"{sw['seconds']:.0f} s |")
     return lines

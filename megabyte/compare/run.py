@@ -45,8 +45,10 @@ PROBE_STEPS = 3
 """Timed steps of the step-time probe (after two untimed ones)."""
 GRID = (0.25, 0.5, 1.0, 2.0)
 """The default learning-rate grid, as multiples of the preset's peak learning rate."""
-SWEEP_SLICE = 0.1
-"""Each learning-rate trial trains on this share of the model's budget."""
+SWEEP_SLICE = 0.2
+"""Each learning-rate trial trains the first this share of the model's run."""
+SWEEP_TOLERANCE = 0.02
+"""bpb: the lowest rate whose trial scores within this of the best is chosen."""
 SWEEP_EVAL_BYTES = 1 << 15
 """Held-back bytes a trial is scored on, at least (all of them when fewer are held back)."""
 
@@ -496,40 +498,36 @@ def run_entry(entry: Entry, data, config: CompareConfig, tokens, prompt: bytes, 
 
 
 def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
-    """Try every learning rate of the grid on `SWEEP_SLICE` of the model's budget, trained on the
-    training split less its held-back end and scored there (never on the validation split);
-    set the best as the model's peak learning rate (min_lr keeps its ratio). Returns the grid,
-    each trial's score, the choice and what the sweep cost (reported beside the budget)."""
+    """Train the first `SWEEP_SLICE` of the model's run at every learning rate of the grid, on
+    the training split less its held-back end, and score each there (never on the validation
+    split); set the choice (`choose_lr`) as the model's peak learning rate (min_lr keeps its
+    ratio). Returns the grid, each trial's score, the choice and what the sweep cost (reported
+    beside the budget)."""
     from megabyte.training.loop import train
+    from megabyte.training.metrics import read_metrics
 
-    cfg = entry.train_config
+    cfg, held = entry.train_config, entry.objective.held_out()
     grid = config.lr_grid or tuple(cfg.lr * m for m in GRID)
-    held = entry.objective.held_out()
-    trial = dataclasses.replace(entry, objective=held, notes=[])
-    limits = {k: v * SWEEP_SLICE if v is not None else None for k, v in config.limits.items()}
-    fit_budget(trial, limits, lambda _: entry.step_seconds)
-    # Each trial is scored once, at its end, on about a tenth of its cost in held-back bytes (at
-    # least SWEEP_EVAL_BYTES, so that the scores are not noise); a trial is short, the held slice not.
-    steps = trial.train_config.max_steps or max(1, int(limits["seconds"] / max(entry.step_seconds or 1e-9, 1e-9)))
-    share = int(3 * EVAL_SHARE * steps * trial.bytes_per_step)
-    base = dataclasses.replace(trial.train_config, eval_every=0, eval_bytes=max(SWEEP_EVAL_BYTES, share))
-    say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} "
-        f"({SWEEP_SLICE:.0%} of the budget each, scored on {held.describe_held()})")
+    base = trial_config(entry, config)
+    say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} (the first "
+        f"{base.max_steps} of about {base.decay_steps} steps each, scored on {held.describe_held()})")
     trials, start = [], time.perf_counter()
     for lr in grid:
         run_dir = config.out_dir / "sweep" / entry.name / f"lr-{lr:.3g}"
         try:
-            summary = train(dataclasses.replace(base, lr=lr, min_lr=lr * cfg.min_lr / cfg.lr), trial.model_config,
+            summary = train(dataclasses.replace(base, lr=lr, min_lr=lr * cfg.min_lr / cfg.lr), entry.model_config,
                             held, run_dir, preset=config.preset, progress=False)
-            trials.append({"lr": lr, "score": summary["val_bpb"], "steps": summary["step"],
+            spikes = sum(len(r.get("spikes", [])) for r in read_metrics(run_dir / "metrics.jsonl"))
+            trials.append({"lr": lr, "score": summary["val_bpb"], "steps": summary["step"], "spikes": spikes,
                            "seconds": summary["elapsed"]})
         except MegabyteError as exc:
             if "non-finite" not in str(exc):
                 raise
             trials.append({"lr": lr, "score": None, "steps": None, "diverged": True})
         _drop_checkpoints(run_dir)
-        say(f"{entry.name}: lr {lr:.3g}: " + (f"{trials[-1]['score']:.4f} bpb on the held-back bytes"
-                                              if trials[-1]["score"] is not None else "diverged"))
+        t = trials[-1]
+        say(f"{entry.name}: lr {lr:.3g}: " + (f"{t['score']:.4f} bpb on the held-back bytes, {t['spikes']} loss spikes"
+                                              if t["score"] is not None else "diverged"))
     chosen = choose_lr(trials)
     if chosen is None:
         entry.notes.append(f"every learning rate of the sweep diverged: trained at the preset's {cfg.lr:g}")
@@ -537,14 +535,33 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
     entry.train_config = dataclasses.replace(cfg, lr=chosen, min_lr=chosen * cfg.min_lr / cfg.lr)
     steps = sum(t["steps"] or 0 for t in trials)
     return {"grid": list(grid), "trials": trials, "chosen": chosen, "preset_lr": cfg.lr, "slice": SWEEP_SLICE,
-            "scored_on": held.describe_held(), "flops": steps * entry.flops_per_step,
+            "tolerance": SWEEP_TOLERANCE, "scored_on": held.describe_held(), "flops": steps * entry.flops_per_step,
             "seconds": time.perf_counter() - start, "charged": False}
 
 
-def choose_lr(trials: list[dict[str, Any]]) -> float | None:
-    """The learning rate of the lowest score (the first of equals); None if every trial diverged."""
+def trial_config(entry: Entry, config: CompareConfig):
+    """A learning-rate trial: the first `SWEEP_SLICE` of the model's run, in steps, with the run's
+    own warm-up and decay horizon (so every trial sees the learning rates the run would), scored
+    once at its end on about a tenth of its cost in held-back bytes (at least SWEEP_EVAL_BYTES)."""
+    cfg = entry.train_config
+    full = cfg.max_steps or max(1, int(config.limits["seconds"] / max(entry.step_seconds or 0.0, 1e-9)))
+    steps = max(1, round(full * SWEEP_SLICE))
+    share = int(3 * EVAL_SHARE * steps * entry.bytes_per_step)
+    return dataclasses.replace(cfg, max_steps=steps, max_time=None, decay_steps=full, eval_every=0,
+                               eval_bytes=max(SWEEP_EVAL_BYTES, share), save_every=0)
+
+
+def choose_lr(trials: list[dict[str, Any]], tolerance: float | None = None) -> float | None:
+    """The learning rate to train at: among the trials without a loss spike (all of them if every
+    one spiked), the lowest rate whose score is within `tolerance` bpb of the best (a short trial
+    favours large rates, whose trouble comes later); None if every trial diverged."""
+    tolerance = SWEEP_TOLERANCE if tolerance is None else tolerance
     scored = [t for t in trials if t.get("score") is not None and math.isfinite(t["score"])]
-    return min(scored, key=lambda t: t["score"])["lr"] if scored else None
+    calm = [t for t in scored if not t.get("spikes")] or scored
+    if not calm:
+        return None
+    best = min(t["score"] for t in calm)
+    return min(t["lr"] for t in calm if t["score"] <= best + tolerance)
 
 
 def _drop_checkpoints(run_dir: Path) -> None:
@@ -569,10 +586,11 @@ SIZING = ("One preset gives every model kind about the same parameter count; eve
           "attention layer; MEGABYTE's global stage counts once per patch, its local stage once per byte.")
 
 
-LR_TUNED = ("each model's peak learning rate chosen by a sweep: every value of the grid trained on "
-            f"{SWEEP_SLICE:.0%} of that model's budget on the training split less its held-back end, scored "
-            "on that end (never on the validation split), the lowest taken; the sweep's cost is stated beside "
-            "the budget, not charged to it")
+LR_TUNED = ("each model's peak learning rate chosen by a sweep: every value of the grid trains the first "
+            f"{SWEEP_SLICE:.0%} of that model's run (its warm-up and decay horizon) on the training split less its "
+            "held-back end and is scored on that end (never on the validation split); among the trials without "
+            f"a loss spike, the lowest rate within {SWEEP_TOLERANCE} bpb of the best is taken. The sweep's cost is "
+            "stated beside the budget, not charged to it")
 LR_SHARED = "the preset's peak learning rate for every model (--lr-sweep off: not tuned per model)"
 
 

@@ -14,10 +14,13 @@ from megabyte.data.dataset import ByteDataset, load_dataset
 from megabyte.training.presets import get_preset
 
 
-def test_choose_lr_takes_the_lowest_score_and_skips_divergence():
+def test_choose_lr_takes_the_lowest_score_and_skips_divergence_and_spikes():
     trials = [{"lr": 1e-4, "score": 3.0}, {"lr": 1e-3, "score": 2.5}, {"lr": 1e-2, "score": None}]
     assert choose_lr(trials) == 1e-3
-    assert choose_lr([{"lr": 1e-3, "score": 2.0}, {"lr": 2e-3, "score": 2.0}]) == 1e-3  # the first of equals
+    near = [{"lr": 1e-3, "score": 2.51}, {"lr": 2e-3, "score": 2.5}, {"lr": 4e-3, "score": 2.2}]
+    assert choose_lr(near) == 4e-3 and choose_lr(near[:2]) == 1e-3  # within 0.02 bpb: the lower rate
+    assert choose_lr([{"lr": 1e-3, "score": 2.6}, {"lr": 2e-3, "score": 2.4, "spikes": 1}]) == 1e-3
+    assert choose_lr([{"lr": 1e-3, "score": 2.6, "spikes": 2}, {"lr": 2e-3, "score": 2.4, "spikes": 1}]) == 2e-3
     assert choose_lr([{"lr": 1.0, "score": None}]) is None
 
 
@@ -45,7 +48,7 @@ def test_the_sweep_finds_the_known_best_rate_without_reading_the_validation_spli
     assert entry.train_config.min_lr == pytest.approx(3e-3 * 0.1)  # the preset's min_lr / lr ratio kept
     assert scores[1e-6] > 7.0 and scores[3e-3] < scores[1e-6] - 1.0
     assert scores[30.0] is None or scores[30.0] > scores[3e-3]  # diverged, or far worse
-    steps = int(2e10 * run_module.SWEEP_SLICE // entry.flops_per_step)
+    steps = round(int(2e10 // entry.flops_per_step) * run_module.SWEEP_SLICE)
     finished = [t for t in sweep["trials"] if t["steps"] is not None]
     assert all(t["steps"] == steps for t in finished)
     assert sweep["flops"] == len(finished) * steps * entry.flops_per_step and sweep["charged"] is False
