@@ -118,6 +118,8 @@ class Entry:
     notes: list[str] = field(default_factory=list)
     step_seconds: float | None = None
     """Measured seconds per optimizer step before training (time budgets only)."""
+    expected_steps: int | None = None
+    """The steps expected to fit in the budget (`fit_budget`)."""
 
     @property
     def name(self) -> str:
@@ -238,6 +240,7 @@ def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
         entry.step_seconds = probe(entry)
         expected = max(1, int(budget["seconds"] / max(entry.step_seconds, 1e-9)))
         updates = {"max_steps": None, "max_time": budget["seconds"]}
+    entry.expected_steps = expected
     if expected < 20:
         entry.notes.append(f"only about {expected} steps fit in the budget: use a larger budget or a smaller preset")
     warmup = min(cfg.warmup, max(1, expected // 10))
@@ -508,9 +511,9 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
 
     cfg, held = entry.train_config, entry.objective.held_out()
     grid = config.lr_grid or tuple(cfg.lr * m for m in GRID)
-    base = trial_config(entry, config)
+    base = trial_config(entry)
     say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} (the first "
-        f"{base.max_steps} of about {base.decay_steps} steps each, scored on {held.describe_held()})")
+        f"{base.max_steps} of about {base.decay_steps} steps each, scored on {held.scored_on})")
     trials, start = [], time.perf_counter()
     for lr in grid:
         run_dir = config.out_dir / "sweep" / entry.name / f"lr-{lr:.3g}"
@@ -535,16 +538,15 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
     entry.train_config = dataclasses.replace(cfg, lr=chosen, min_lr=chosen * cfg.min_lr / cfg.lr)
     steps = sum(t["steps"] or 0 for t in trials)
     return {"grid": list(grid), "trials": trials, "chosen": chosen, "preset_lr": cfg.lr, "slice": SWEEP_SLICE,
-            "tolerance": SWEEP_TOLERANCE, "scored_on": held.describe_held(), "flops": steps * entry.flops_per_step,
+            "tolerance": SWEEP_TOLERANCE, "scored_on": held.scored_on, "flops": steps * entry.flops_per_step,
             "seconds": time.perf_counter() - start, "charged": False}
 
 
-def trial_config(entry: Entry, config: CompareConfig):
+def trial_config(entry: Entry):
     """A learning-rate trial: the first `SWEEP_SLICE` of the model's run, in steps, with the run's
     own warm-up and decay horizon (so every trial sees the learning rates the run would), scored
     once at its end on about a tenth of its cost in held-back bytes (at least SWEEP_EVAL_BYTES)."""
-    cfg = entry.train_config
-    full = cfg.max_steps or max(1, int(config.limits["seconds"] / max(entry.step_seconds or 0.0, 1e-9)))
+    cfg, full = entry.train_config, entry.expected_steps
     steps = max(1, round(full * SWEEP_SLICE))
     share = int(3 * EVAL_SHARE * steps * entry.bytes_per_step)
     return dataclasses.replace(cfg, max_steps=steps, max_time=None, decay_steps=full, eval_every=0,

@@ -216,35 +216,27 @@ class TokenObjective:
     modality = "text"
     item_len = None
 
-    def __init__(self, tokens: TokenData, meta: dict[str, Any], directory: str) -> None:
+    def __init__(self, tokens: TokenData, meta: dict[str, Any], directory: str,
+                 scored_on: str = "the validation text") -> None:
         self.tokens = tokens
+        self.scored_on = scored_on
         self.meta = {**meta, "tokenizer": {"kind": "byte-level BPE", "vocab_size": tokens.bpe.vocab_size,
                                            "bytes_per_token": tokens.bytes_per_token}}
         self.directory = directory
         self.train_positions = len(tokens.train)
         self.bytes_per_position = tokens.bytes_per_token
 
-    def held_out(self, share: float | None = None, most: int | None = None) -> TokenObjective:
+    def held_out(self) -> TokenObjective:
         """This objective with the end of the training tokens held back as its validation (see
-        `ByteObjective.held_out`; `most` counts bytes)."""
-        from megabyte.training.objective import HOLD_MAX, HOLD_SHARE
+        `ByteObjective.held_out`)."""
+        from megabyte.training.objective import HOLD_MAX, hold_back
 
         train, bpe = self.tokens.train, self.tokens.bpe
-        share = HOLD_SHARE if share is None else share
-        most = HOLD_MAX if most is None else most
-        hold = max(1, int(min(len(train) * share, most / self.tokens.bytes_per_token)))
-        cut = len(train) - hold
-        if cut < hold:
-            raise MegabyteError(f"the train split ({len(train):,} tokens) is too small to hold back {hold:,} tokens "
-                                "for the learning-rate sweep")
+        cut = hold_back(len(train), HOLD_MAX / self.tokens.bytes_per_token, 1, "tokens")
         rest, held = train[:cut], train[cut:]
         tokens = TokenData(bpe, rest, held, int(bpe.byte_lengths[rest].sum()), int(bpe.byte_lengths[held].sum()))
-        held_out = TokenObjective(tokens, self.meta, self.directory)
-        held_out.held_note = f"the last {hold:,} tokens ({tokens.val_bytes:,} bytes) of the train split"
-        return held_out
-
-    def describe_held(self) -> str:
-        return getattr(self, "held_note", "the validation text")
+        return TokenObjective(tokens, self.meta, self.directory, scored_on=f"the last {len(held):,} tokens "
+                              f"({tokens.val_bytes:,} bytes) of the train split")
 
     def unigram_bits(self) -> float:
         """The unigram entropy of the training tokens, per byte of text."""

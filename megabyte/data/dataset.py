@@ -132,10 +132,13 @@ class BatchSampler:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        part: np.ndarray | None = None,
     ) -> BatchSampler:
-        """A sampler over ``dataset.split(split)`` with the dataset's image size and alignment."""
+        """A sampler over ``dataset.split(split)`` (or `part`, a slice of it) with the dataset's
+        image size and alignment."""
         item_len = dataset.item_len
-        return cls(dataset.split(split), seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
+        data = dataset.split(split) if part is None else part
+        return cls(data, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
                    item_len=item_len, align=1 if item_len else dataset.align)
 
     def next_batch(self) -> torch.Tensor:

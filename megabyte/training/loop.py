@@ -127,7 +127,6 @@ class Trainer:
         return self._elapsed_at_start + time.monotonic() - self._clock_start
 
     def _reset_interval(self) -> None:
-        self._nats = torch.zeros((), device=self.runtime.device)
         self._interval = {"bytes": 0, "steps": 0, "train_time": 0.0}
         self._steps: list[tuple[torch.Tensor, int]] = []  # (nats, bytes) of each step since the last record
 
@@ -177,7 +176,6 @@ class Trainer:
             nats = _injected(nats, faults.inject("loss", self.state.step + 1))
             (nats / positions).backward()
             step_nats += nats.detach()
-        self._nats += step_nats
         self._unchecked += step_nats
         self._steps.append((step_nats, step_bytes))
         if cfg.clip > 0:
@@ -321,12 +319,12 @@ class Trainer:
         record: dict[str, Any] = {"step": s.step, "bytes": s.bytes_seen}
         if iv["steps"]:
             self.check_finite()
-            nats, count = self.runtime.sum([float(self._nats), iv["bytes"]])
-            record["train_bpb"] = nats / (LN2 * count)
+            *steps, count = self.runtime.sum([*torch.stack([n for n, _ in self._steps]).tolist(), iv["bytes"]])
+            record["train_bpb"] = sum(steps) / (LN2 * count)
             record["lr"] = self.lr
             record["bytes_per_s"] = iv["bytes"] * self.runtime.world_size / max(iv["train_time"], 1e-9)
             self.last_train_bpb, self.last_rate = record["train_bpb"], record["bytes_per_s"]
-            spikes = self._watch_spikes()
+            spikes = self._watch_spikes(steps)
             if spikes:
                 record["spikes"] = spikes
         if val_bpb is not None:
@@ -336,10 +334,9 @@ class Trainer:
         self._reset_interval()
         return record
 
-    def _watch_spikes(self) -> list[dict[str, Any]]:
-        """The loss spikes among the steps since the last record (a collective: every process's
-        step losses are summed first), each also queued as a warning to print."""
-        nats = self.runtime.sum(torch.stack([n for n, _ in self._steps]).tolist())
+    def _watch_spikes(self, nats: list[float]) -> list[dict[str, Any]]:
+        """The loss spikes among the steps since the last record (`nats`: each step's, summed
+        over processes), each also queued as a warning to print."""
         first = self.state.step - len(self._steps) + 1
         found = []
         for i, (total, (_, count)) in enumerate(zip(nats, self._steps)):
@@ -362,6 +359,10 @@ class Trainer:
         hint = unigram_hint(val_bpb, unigram(), self.state.step, done) if unigram is not None else None
         if hint:
             self.notices.append(hint)
+
+    def _say_notices(self, say) -> None:
+        while self.notices:
+            say(self.notices.pop(0))
 
     def check_finite(self, model: torch.nn.Module | None = None) -> None:
         """Stop (MegabyteError) if a training loss since the last check, or a weight of `model`
@@ -442,15 +443,13 @@ class Trainer:
                     say(f"step {s.step}: val {val:.4f} bpb, train {self.last_train_bpb:.4f} bpb, "
                         f"{human(self.last_rate)} bytes/s, {format_duration(self.elapsed())} elapsed")
                     self._check_learning(val)
-                while self.notices:
-                    say(self.notices.pop(0))
+                self._say_notices(say)
                 if last or self._due(cfg.save_every):
                     self.save()
                 progress.update(1, bpb=self.last_train_bpb, bytes_per_s=self.last_rate, eta=self._eta())
             # Stopped without a final step (resumed at the budget, or time ran out while evaluating).
             self.log(self.evaluate() if s.val_step != s.step and reason in BUDGETS else None)
-            while self.notices:
-                say(self.notices.pop(0))
+            self._say_notices(say)
             if self.saved_step != s.step:
                 self.save()
         finally:

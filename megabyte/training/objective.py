@@ -43,8 +43,10 @@ class ByteObjective:
     unit = "bytes"
     bytes_per_position = 1.0
 
-    def __init__(self, data: ByteDataset, *, train=None, val=None) -> None:
+    def __init__(self, data: ByteDataset, *, train=None, val=None, scored_on: str = "the validation split") -> None:
         self.data = data
+        self.scored_on = scored_on
+        """Which bytes `validate` scores (a held-out objective: the end of the train split)."""
         self.meta: dict[str, Any] = data.meta
         self.directory: str = str(data.directory.resolve())
         self.modality: str = data.modality
@@ -64,29 +66,18 @@ class ByteObjective:
             self._val = self.data.split("val")
         return self._val
 
-    def held_out(self, share: float = HOLD_SHARE, most: int = HOLD_MAX) -> ByteObjective:
-        """This objective with the end of the training split (`share` of it, at most `most`
-        bytes, in whole images and samples) held back as its validation: a learning-rate trial
-        trains on the rest and is scored there, and the validation split is never read."""
-        unit = self.item_len or self.data.align
-        hold = max(unit, int(min(len(self.train) * share, most)) // unit * unit)
-        cut = len(self.train) - hold
-        if cut < hold:
-            raise MegabyteError(f"the train split ({len(self.train):,} bytes) is too small to hold back "
-                                f"{hold:,} bytes for the learning-rate sweep")
-        held = ByteObjective(self.data, train=self.train[:cut], val=self.train[cut:])
-        held.held_note = f"the last {hold:,} bytes of the train split"
-        return held
-
-    def describe_held(self) -> str:
-        """Which bytes a held-out objective scores on."""
-        return getattr(self, "held_note", "the validation split")
+    def held_out(self) -> ByteObjective:
+        """This objective with the end of the training split held back as its validation
+        (`hold_back`, in whole images and samples): a learning-rate trial trains on the rest and
+        is scored there, and the validation split is never read."""
+        cut = hold_back(len(self.train), HOLD_MAX, self.item_len or self.data.align, "bytes")
+        return ByteObjective(self.data, train=self.train[:cut], val=self.train[cut:],
+                             scored_on=f"the last {len(self.train) - cut:,} bytes of the train split")
 
     def sampler(self, seq_len: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> BatchSampler:
         # The dataset's layout (whole images, whole 16-bit audio samples) comes with the split.
-        item_len = self.item_len
-        return BatchSampler(self.train, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
-                            item_len=item_len, align=1 if item_len else self.data.align)
+        return BatchSampler.for_split(self.data, "train", seq_len, batch_size, seed=seed, rank=rank,
+                                      world_size=world_size, part=self.train)
 
     def unigram_bits(self) -> float:
         """The entropy (bits per byte) of the training bytes' frequencies: what a model that has
@@ -102,7 +93,7 @@ class ByteObjective:
     def validate(self, model, *, seq_len: int, batch_size: int, max_bytes: int, rank: int, world_size: int,
                  device, autocast_dtype=None) -> EvalResult | None:
         """Basic inference over an evenly spaced sample of about `max_bytes` validation bytes
-        (0: all of them), as `megabyte eval --method basic --sample-bytes max_bytes` scores it."""
+        (0: all of them), as `megabyte eval --sample-bytes max_bytes` scores it."""
         if len(self.val) == 0:
             return None
         return evaluate(model, self.val, seq_len=seq_len, batch_size=batch_size, sample_bytes=max_bytes or None,
@@ -125,6 +116,17 @@ def as_objective(data):
     if isinstance(data, ByteDataset):
         return ByteObjective(data)
     return data
+
+
+def hold_back(n: int, most: float, unit: int = 1, what: str = "bytes") -> int:
+    """Where the held-back end of a training split of `n` positions starts: `HOLD_SHARE` of it,
+    at most `most` positions, in whole `unit`s, at least one unit. MegabyteError when less than
+    that would be left to train on."""
+    hold = max(unit, int(min(n * HOLD_SHARE, most)) // unit * unit)
+    if n - hold < hold:
+        raise MegabyteError(f"the train split ({n:,} {what}) is too small to hold back {hold:,} {what} "
+                            "for the learning-rate sweep")
+    return n - hold
 
 
 def unigram_entropy(ids, vocab: int) -> float:
