@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"megabyte {args.command}: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # the reader went away (`megabyte patches ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     _exit_if_group_threads_survive(code)
     return code
 

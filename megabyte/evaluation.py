@@ -378,6 +378,9 @@ def _strided_patch(config: Any) -> int:
         raise MegabyteError(
             f"strided inference needs a MEGABYTE model (it shifts the patch grid), but this is a {kind} model"
         )
+    if getattr(config, "dynamic", False):
+        raise MegabyteError(f"strided inference shifts a fixed patch grid, and a {config.patching!r}-patched "
+                            "MEGABYTE has none (its patches follow the bytes): use basic or sliding-window inference")
     if sub_sizes[0] < 2:
         raise MegabyteError(f"strided inference needs a top-level patch of at least 2 bytes, got {sub_sizes[0]}")
     return int(sub_sizes[0])

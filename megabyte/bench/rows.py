@@ -159,7 +159,7 @@ class Row:
         self.model.train()
         device, dtype = self.device, self.spec.dtype
         opt = self.optimizer()
-        x = torch.randint(0, 256, (batch, seq_len), device=device)
+        x = self.inputs(batch, seq_len)
 
         def loss_of(x):
             with autocast(device, dtype):
@@ -176,6 +176,21 @@ class Row:
             return loss.detach()
 
         return step
+
+    def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
+        """The bytes every training step of the row runs on: random (the same for every row), or
+        for a dynamically patched model real text (Python's stdlib), whose patches it is made for."""
+        if not getattr(getattr(self, "config", None), "dynamic", False):
+            return torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(self.device)
+        from megabyte.data.text import stdlib_text
+
+        text = stdlib_text(batch * seq_len)
+        rows = [list(text[i * seq_len : (i + 1) * seq_len]) for i in range(batch)]
+        return torch.tensor(rows, device=self.device)
+
+    def bytes_per_patch(self, batch: int, seq_len: int) -> float | None:
+        """Bytes per global position on the row's inputs (None: not a MEGABYTE of ours)."""
+        return None
 
     def generate(self, prompt: bytes, new_bytes: int, seed: int) -> int:
         """Generate `new_bytes` after `prompt`; return how many bytes came out.
@@ -208,7 +223,15 @@ class OurRow(Row):
         return len(out)
 
     def flops(self, batch: int, seq_len: int) -> float:
-        return batch * training_flops(self.config, seq_len).total
+        return batch * training_flops(self.config, seq_len, data=self.inputs(batch, seq_len).cpu()).total
+
+    def bytes_per_patch(self, batch: int, seq_len: int) -> float | None:
+        if getattr(self.config, "dynamic", False):
+            from megabyte.model.dynamic import patch_stats
+
+            return patch_stats(self.config, self.inputs(batch, seq_len).cpu())["mean_bytes"]
+        sizes = getattr(self.config, "sub_sizes", None)
+        return float(sizes[0]) if sizes else None
 
 
 class ExternalRow(Row):

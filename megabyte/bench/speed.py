@@ -19,7 +19,7 @@ from typing import Any
 from megabyte.bench.harness import machine, run_worker, worker_env
 from megabyte.bench.rows import RowSpec, ours
 
-DEFAULT_ROWS = "megabyte,transformer,perceiver-ar,megabyte-pytorch,mblm"
+DEFAULT_ROWS = "megabyte,megabyte-space,transformer,perceiver-ar,megabyte-pytorch,mblm"
 REFERENCE = "megabyte-pytorch"
 
 
@@ -154,6 +154,8 @@ def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any
                 continue
             s = summarize(r["times"], r["bytes_per_step"])
             s["flops_per_step"] = r["flops"]
+            s["flops_per_byte"] = r["flops"] / r["bytes_per_step"]
+            s["bytes_per_patch"] = r.get("bytes_per_patch")
             s["achieved_flops"] = r["flops"] / s["median_s"]
             s["mfu"] = s["achieved_flops"] / peak if peak else None
             s["peak_memory"] = r["peak_memory"]
@@ -212,7 +214,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     last = lens[-1] if lens else None
     head = ["row", "params", "dtype"] + [f"train B/s @{T}" for T in lens]
     if last:
-        head += [f"MFU @{last}", f"peak mem @{last}"]
+        head += [f"MFU @{last}", f"peak mem @{last}", f"FLOPs/byte @{last}", "bytes/patch"]
     if opts["generate"]:
         head += [f"generate B/s ({opts['new_bytes']} after {opts['prompt_bytes']})"]
     head += [f"x {REFERENCE}"]
@@ -227,6 +229,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             s = out["train"].get(last, {})
             cells.append(f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-")
             cells.append(f"{s['peak_memory'] / 2**30:.2f} GiB" if "peak_memory" in s else "-")
+            cells.append(_si(s["flops_per_byte"]) if "flops_per_byte" in s else "-")
+            cells.append(f"{s['bytes_per_patch']:.2f}" if s.get("bytes_per_patch") else "-")
         if opts["generate"]:
             g = out.get("generate") or {}
             cells.append(_rate(g, 1))
@@ -241,7 +245,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{dt} {_si(v)}FLOP/s" for dt, v in peak.items() if v),
         "MFU = model FLOPs of a training step / median step time / the peak of the row's dtype. Model FLOPs: "
         "ours from megabyte.model.flops (causal attention: the pairs it needs), the others from PyTorch's "
-        "FLOP counter (causal attention: half of L x L).",
+        "FLOP counter (causal attention: half of L x L). A dynamically patched row (megabyte-space) trains on "
+        "real text (Python's stdlib; the others on random bytes) and its FLOPs and bytes/patch are measured "
+        "on those bytes.",
     ]
     return "\n".join(lines + notes)
 

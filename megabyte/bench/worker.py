@@ -113,7 +113,8 @@ def task_train(spec: dict[str, Any]) -> dict[str, Any]:
     flops = row.flops(B, T)
     step = row.train_step_fn(B, T)
     r = timed(torch, device, step, warmup=spec.get("warmup", 2), steps=spec.get("steps", 5))
-    r.update(params=row.params, flops=flops, bytes_per_step=B * T, peak_memory=peak_memory(torch, device))
+    r.update(params=row.params, flops=flops, bytes_per_step=B * T, peak_memory=peak_memory(torch, device),
+             bytes_per_patch=row.bytes_per_patch(B, T))
     return r
 
 

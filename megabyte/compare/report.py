@@ -180,14 +180,14 @@ def markdown(report: dict) -> str:
         lines += ["", "## What the numbers say", ""] + [f"- {s}" for s in said]
     lines += ["", "![validation bpb against training compute and time](compare.png)", "",
               "## Sizes and cost", "",
-              "| model | shape | context | bytes / step | FLOPs / step | where the FLOPs go | ms / step "
-              "| bytes/s training |", "|---|---|---:|---:|---:|---|---:|---:|"]
+              "| model | shape | context | bytes / patch | bytes / step | FLOPs / step | where the FLOPs go "
+              "| ms / step | bytes/s training |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for m in report["models"]:
         t = m["train"]
         per_step = t["bytes"] / max(1, t["steps"])
         ms = 1e3 * per_step / t["bytes_per_s"] if t["bytes_per_s"] else float("nan")
         context = f"{t['seq_len']} {m['units']}"
-        lines.append(f"| {m['label']} | {m['shape']} | {context} | {_count(per_step)} | "
+        lines.append(f"| {m['label']} | {m['shape']} | {context} | {bytes_per_patch(m)} | {_count(per_step)} | "
                      f"{human_flops(t['flops_per_step'])} | {t['flop_split']} | {ms:.0f} | "
                      f"{_count(t['bytes_per_s'])} |")
     lines += ["", "ms / step and bytes/s count training steps only (the budget also covers the periodic "
@@ -199,6 +199,14 @@ def markdown(report: dict) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def bytes_per_patch(model: dict) -> str:
+    """A model's bytes per global position: the measured mean for dynamic patches, P for fixed."""
+    if model.get("patches"):
+        return f"{model['patches']['mean_bytes']:.2f} (measured)"
+    sizes = model.get("config", {}).get("patch_sizes")
+    return str(math.prod(sizes)) if sizes else "-"
 
 
 def lr_lines(report: dict) -> list[str]:

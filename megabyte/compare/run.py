@@ -120,6 +120,8 @@ class Entry:
     """Measured seconds per optimizer step before training (time budgets only)."""
     expected_steps: int | None = None
     """The steps expected to fit in the budget (`fit_budget`)."""
+    patches: dict | None = None
+    """Dynamic patching: how the training windows are cut (`megabyte.model.dynamic.patch_stats`)."""
 
     @property
     def name(self) -> str:
@@ -154,6 +156,11 @@ def parse_models(text: str | list[str] | None, modality: str) -> tuple[list[str]
                                     f"dataset holds {modality}: drop {name} from --models")
             names = [m for m in names if m != name]
             skipped.append({"model": name, "reason": f"a BPE vocabulary is for text; this dataset is {modality}"})
+    for name in [m for m in names if get_kind(m).modalities and modality not in get_kind(m).modalities]:
+        if not explicit:
+            names = [m for m in names if m != name]
+            skipped.append({"model": name, "reason": f"made for {', '.join(get_kind(name).modalities)}; this "
+                                                     f"dataset is {modality} (name it in --models to run it anyway)"})
     return list(names), skipped
 
 
@@ -196,9 +203,36 @@ def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, 
         if cfg.dropout is not None:
             model_config = dataclasses.replace(model_config, dropout=cfg.dropout)
         batch = cfg.batch_size * cfg.grad_accum
-        entries.append(Entry(kind, model_config, cfg, objective, training_flops(model_config, seq_len), batch,
-                             batch * seq_len * objective.bytes_per_position, notes))
+        flops, patches = entry_flops(model_config, seq_len, data, batch, notes)
+        entries.append(Entry(kind, model_config, cfg, objective, flops, batch,
+                             batch * seq_len * objective.bytes_per_position, notes, patches=patches))
     return entries
+
+
+PATCH_SAMPLE_ROWS = 256
+"""Training windows a dynamically patched model's FLOPs and patch lengths are measured on."""
+
+
+def entry_flops(model_config, seq_len: int, data, batch: int, notes: list[str]) -> tuple[FlopCount, dict | None]:
+    """FLOPs of one training sequence, and for dynamic patches what they were measured on: the
+    mean over training steps of `batch` windows, evenly spaced over the train split."""
+    if not getattr(model_config, "dynamic", False):
+        return training_flops(model_config, seq_len), None
+    import torch
+
+    from megabyte.data.dataset import even_windows
+    from megabyte.model.dynamic import patch_stats
+    from megabyte.model.flops import mean_flops
+
+    windows = torch.from_numpy(even_windows(data.split("train"), seq_len, PATCH_SAMPLE_ROWS))
+    if not len(windows):
+        raise MegabyteError(f"the train split is shorter than one {seq_len}-byte window")
+    stats = patch_stats(model_config, windows)
+    notes.append(f"{stats['rule']} patches on {len(windows)} training windows: {stats['mean_bytes']:.2f} bytes per "
+                 f"patch, {stats['patches_per_row_mean']:.0f} (at most {stats['patches_per_row_max']}) per "
+                 f"{seq_len}-byte window, {100 * stats['share_past_cap']:.2f}% of bytes past the "
+                 f"{stats['cap']}-patch cap; FLOPs per step are the mean measured on them")
+    return mean_flops(model_config, windows, batch), stats
 
 
 def _model_and_objective(kind: ModelKind, preset, data, tokens, notes: list[str]):
@@ -624,6 +658,8 @@ def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> d
         "eval": scores, "generation": speed, "curve": read_curve(summary["run_dir"], entry.flops_per_step),
         "run_dir": summary["run_dir"], "notes": entry.notes,
     }
+    if entry.patches is not None:
+        out["patches"] = entry.patches
     if kind.units == "tokens":
         out["train"]["tokens"] = summary["step"] * entry.batch * cfg.seq_len
         out["tokenizer"] = {"vocab_size": tokens.bpe.vocab_size, "bytes_per_token": tokens.bytes_per_token,

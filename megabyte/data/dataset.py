@@ -86,6 +86,16 @@ def load_dataset(directory: str | os.PathLike[str]) -> ByteDataset:
     return ByteDataset(directory, read_meta(directory))
 
 
+def even_windows(data: np.ndarray, length: int, count: int) -> np.ndarray:
+    """Up to `count` non-overlapping windows (k, length) of `data`, evenly spaced over it (all the
+    whole windows there are when fewer fit); empty (0, length) when none fits."""
+    fits = len(data) // length
+    if fits == 0:
+        return np.zeros((0, length), dtype=np.int64)
+    starts = np.unique(np.linspace(0, len(data) - length, min(count, fits)).astype(np.int64))
+    return np.stack([np.asarray(data[s : s + length], dtype=np.int64) for s in starts])
+
+
 class BatchSampler:
     """Deterministic, resumable random windows of ``seq_len`` bytes for one rank.
 

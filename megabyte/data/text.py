@@ -53,3 +53,20 @@ def _read_text(index: int, path: Path, info: dict[str, Any]) -> Iterator[bytes]:
         yield path.read_bytes()
     except OSError as exc:
         raise MegabyteError(f"{path}: cannot read ({exc})") from exc
+
+
+def stdlib_text(max_bytes: int) -> bytes:
+    """Up to `max_bytes` of real text on every machine: the running Python's top-level standard
+    library modules, sorted by name and concatenated."""
+    import sysconfig
+
+    out, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        if total >= max_bytes:
+            break
+        data = path.read_bytes()
+        out.append(data)
+        total += len(data)
+    if not out:
+        raise MegabyteError("found no standard library source")
+    return b"".join(out)[:max_bytes]

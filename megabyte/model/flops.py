@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megabyte.errors import MegabyteError
 from megabyte.model.registry import kind_of
 
 
@@ -98,11 +99,21 @@ def causal_pairs(length: int, causal: bool = True) -> int:
     return length * (length + 1) // 2 if causal else length * length
 
 
-def training_flops(config, seq_len: int, *, causal: bool = True) -> FlopCount:
+def training_flops(config, seq_len: int, *, causal: bool = True, data=None) -> FlopCount:
     """Training FLOPs of one sequence of `seq_len` positions for any model config (its kind's
-    `flops` in `megabyte.model.registry`)."""
+    `flops` in `megabyte.model.registry`).
+
+    A dynamically patched MEGABYTE computes what its bytes decide: give `data`, a (B, seq_len)
+    batch of byte rows, and the count is what the model computes on that batch, per sequence
+    (the mean over its rows; positions may then be fractional)."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if getattr(config, "dynamic", False):
+        if data is None:
+            raise MegabyteError(f"a {config.patching!r}-patched MEGABYTE's FLOPs depend on its bytes: pass data=")
+        if data.shape[-1] != seq_len:
+            raise ValueError(f"data rows hold {data.shape[-1]} bytes, not seq_len {seq_len}")
+        return FlopCount(seq_len, tuple(dynamic_megabyte_parts(config, data, causal)))
     return FlopCount(seq_len, tuple(kind_of(config).flops(config, seq_len, causal)))
 
 
@@ -151,3 +162,55 @@ def megabyte_parts(c, T: int, causal: bool) -> list[Part]:
         parts.append(Part("conv encoder", Tp - sub[0], sum(k * E0 * E0 for k in c.conv_kernels)))
     parts.append(Part("head", T, c.dims[-1] * 256))
     return parts
+
+
+def dynamic_megabyte_parts(c, x, causal: bool) -> list[Part]:
+    """What a dynamically patched MEGABYTE computes on the byte rows x (B, T), per row: the
+    global stage on the batch's most patches K (at most `patch_cap`; shorter rows are padded,
+    as the model runs them), the local stage on every byte, attending in blocks of W = P_max + r
+    to its own and the previous block (`causal=False`: every such pair, as the model computes
+    them; `causal`: only the pairs a byte needs, its patch so far and r bytes before it)."""
+    import torch
+
+    from megabyte.model.dynamic import layout_of, window_width
+
+    x = torch.as_tensor(x).long()
+    B, T = x.shape
+    lay = layout_of(c, x)
+    K = min(int(lay.count.max()), c.patch_cap)
+    P, W = c.patch_sizes[0], window_width(c)
+    (D0, D1), E0 = c.dims, c.embed_width(0)
+    g_weights = c.depths[0] * block_weights(D0, c.mlp_ratio) + (P * E0 * D0 if P * E0 != D0 else 0)
+    l_weights = c.depths[1] * block_weights(D1, c.mlp_ratio) + D0 // P * D1
+    l_weights += c.embed_width(1) * D1 if c.embed_width(1) != D1 else 0
+    if causal:
+        pos = torch.arange(T)
+        pairs = (pos - (lay.start - c.cross_patch).clamp(min=0) + 1).sum().item() / B
+    else:
+        pairs = -(-T // W) * W * 2 * W
+    parts = [Part("global", K, g_weights, D0, c.depths[0], causal_pairs(K, causal)),
+             Part("local", T, l_weights, D1, c.depths[1], pairs)]
+    if c.conv_kernels:
+        parts.append(Part("conv encoder", T, sum(k * E0 * E0 for k in c.conv_kernels)))
+    parts.append(Part("head", T, D1 * 256))
+    return parts
+
+
+def mean_flops(config, windows, batch: int, *, causal: bool = True) -> FlopCount:
+    """Training FLOPs of one sequence, averaged over the training steps that `windows` (N, T)
+    make in consecutive groups of `batch` rows: what a dynamically patched model costs on that
+    data (any other kind: the same as `training_flops(config, T)`)."""
+    import torch
+
+    windows = torch.as_tensor(windows)
+    T = windows.shape[1]
+    if not getattr(config, "dynamic", False):
+        return training_flops(config, T, causal=causal)
+    counts = [training_flops(config, T, causal=causal, data=windows[i : i + batch])
+              for i in range(0, max(1, len(windows) - batch + 1), batch)]
+    parts = []
+    for same in zip(*(c.parts for c in counts)):
+        first = same[0]
+        parts.append(Part(first.name, sum(p.positions for p in same) / len(same), first.weights, first.width,
+                          first.layers, sum(p.pairs for p in same) / len(same)))
+    return FlopCount(T, tuple(parts))

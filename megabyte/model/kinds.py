@@ -29,6 +29,12 @@ MEGABYTE_PRESETS = {
     "imagenet64": {"patch_sizes": (12,), "dims": (3072, 1024), "depths": (24, 28)},
     "audio": {"patch_sizes": (32,), "dims": (2048, 1024), "depths": (14, 18)},
 }
+SPACE_P_MAX = {"tiny": 8, "small": 16, "image-small": 24, "audio-small": 32, "medium": 16, "text": 16,
+               "imagenet64": 24, "audio": 32}
+"""The longest patch of the space-patched MEGABYTE per preset: twice the fixed model's patch where
+its global width allows (mean patches on text are 6 to 8 bytes; `megabyte patches` shows them)."""
+SPACE_PRESETS = {name: {**fields, "patch_sizes": (SPACE_P_MAX[name],), "patching": "space"}
+                 for name, fields in MEGABYTE_PRESETS.items()}
 TRANSFORMER_PRESETS = {
     "tiny": {"dim": 64, "depth": 2},
     "small": {"dim": 256, "depth": 4},
@@ -48,13 +54,18 @@ PERCEIVER_PRESETS = {name: {**fields, "num_latents": PERCEIVER_LATENTS[name]}
 # ------------------------------------------------------------------------------------ MEGABYTE
 def describe_megabyte(c: dict[str, Any]) -> str:
     stages = " / ".join(f"{d}x{n}" for d, n in zip(c["dims"], c["depths"]))
-    return f"P={'x'.join(map(str, c['patch_sizes']))}, width x layers {stages} (global first)"
+    patches = f"P={'x'.join(map(str, c['patch_sizes']))}"
+    if c.get("patching", "fixed") != "fixed":
+        patches = f"{c['patching']} patches of at most {c['patch_sizes'][0]} bytes"
+    return f"{patches}, width x layers {stages} (global first)"
 
 
 def fit_megabyte(config: MegabyteConfig, data, fixed: frozenset[str]) -> tuple[MegabyteConfig, list[str]]:
     """On images stored in patch-scan order, the patch is one block of pixels (P = channels x
     pixels^2: the paper's P=12 for 2x2 RGB), with the nearest global width that P divides."""
     meta, item = data.meta, data.item_len
+    if config.dynamic:
+        return config, []
     if not (data.modality == "image" and meta.get("order") == "patch" and len(config.patch_sizes) == 1
             and not {"patch_sizes", "dims"} & fixed):
         return config, []
@@ -90,6 +101,11 @@ def sized_megabyte(s, max_seq_len: int) -> MegabyteConfig:
                           max_seq_len=max_seq_len)
 
 
+def sized_megabyte_space(s, max_seq_len: int) -> MegabyteConfig:
+    """`megabyte bench`'s MEGABYTE shapes with space patches of at most twice its patch."""
+    return dataclasses.replace(sized_megabyte(s, max_seq_len), patch_sizes=(2 * s.patch,), patching="space")
+
+
 # ------------------------------------------------------------------------------------ the baselines
 def describe_flat(c: dict[str, Any]) -> str:
     text = f"{c['dim']} x {c['depth']}"
@@ -119,6 +135,10 @@ def sized_perceiver(s, max_seq_len: int) -> PerceiverARConfig:
 MEGABYTE = register(ModelKind(
     "megabyte", "MEGABYTE", MegabyteConfig, Megabyte, megabyte_parts, MEGABYTE_PRESETS, strided=True,
     colour="tab:red", describe=describe_megabyte, fit=fit_megabyte, sized=sized_megabyte))
+MEGABYTE_SPACE = register(ModelKind(
+    "megabyte-space", "MEGABYTE (space patches)", MegabyteConfig, Megabyte, megabyte_parts, SPACE_PRESETS,
+    colour="tab:orange", describe=describe_megabyte, fit=fit_megabyte, sized=sized_megabyte_space,
+    modalities=("text",)))
 TRANSFORMER = register(ModelKind(
     "transformer", "Transformer", TransformerConfig, Transformer, transformer_parts, TRANSFORMER_PRESETS,
     colour="tab:blue", describe=describe_flat, sized=sized_transformer))

@@ -13,6 +13,7 @@ Reading order: `KVCache` and `KVCapture` (how decoding remembers the past), `Att
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.offset = 0  # sequence position of entry 0 (sliding windows: `Window`)
 
     @property
     def capacity(self) -> int:
@@ -53,7 +55,37 @@ class KVCache:
         if keep:
             self.k[:, :, :keep] = self.k[:, :, self.length - keep : self.length].clone()
             self.v[:, :, :keep] = self.v[:, :, self.length - keep : self.length].clone()
+        self.offset += self.length - keep
         self.length = keep
+
+
+class RowKVCache(KVCache):
+    """A KV cache whose rows hold different numbers of positions (a dynamically patched global
+    stage: every row closes its patches at its own bytes). Before each call set `active`, the
+    (N,) bool rows that add a position; the others write a scratch entry that stays invisible."""
+
+    def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
+        super().__init__(rows, heads, capacity + 1, head_dim, device=device, dtype=dtype)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.active = torch.ones(rows, dtype=torch.bool, device=device)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if k.shape[2] != 1:
+            raise RuntimeError("RowKVCache appends one position at a time")
+        rows = torch.arange(k.shape[0], device=k.device)
+        at = self.lengths.clamp(max=self.capacity - 1)  # each row's new entry
+        self.k[rows, :, at] = k[:, :, 0]
+        self.v[rows, :, at] = v[:, :, 0]
+        end = int(at.max()) + 1
+        self.visible = torch.arange(end, device=k.device) <= at[:, None]  # (N, S): a row sees its own entries
+        self.lengths = self.lengths + self.active.long()
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def fill(self, k: Tensor, v: Tensor, lengths: Tensor) -> None:
+        """Start from a full pass: k, v (N, H, L, Dh) of L positions, `lengths` (N,) of them real."""
+        self.k[:, :, : k.shape[2]] = k
+        self.v[:, :, : v.shape[2]] = v
+        self.lengths = lengths.clone()
 
 
 class KVCapture:
@@ -76,6 +108,44 @@ class KVCapture:
             before = slice(L - self.prefix, L)
             self.cache.append(k[:, self.row - 1, :, before], v[:, self.row - 1, :, before])
         self.cache.append(k[:, self.row, :, : self.keep], v[:, self.row, :, : self.keep])
+
+
+@dataclass
+class Window:
+    """Local attention over a byte stream cut into data-dependent patches: query t sees the keys
+    lo[t] .. t (its patch so far, and for cross-patch attention the r bytes before the patch).
+    Every query must satisfy t - lo[t] < `width`: a full pass then attends block by block, each
+    block of `width` queries to its own and the previous block's keys, so the cost grows with
+    the sequence and `width`, not with the longest patch over the mean one."""
+
+    lo: Tensor
+    """(N, L) long: sequence position of the first key each query sees."""
+    width: int
+    start: int = 0
+    """Sequence position of query 0 (decoding: the byte being predicted)."""
+
+
+def _windowed_attention(q: Tensor, k: Tensor, v: Tensor, window: Window, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(Dh)) v (N, H, L, Dh) with query t seeing keys window.lo[t] .. t."""
+    N, H, L, Dh = q.shape
+    W = window.width
+    n = -(-L // W)
+    pad = n * W - L
+    qb = F.pad(q, (0, 0, 0, pad)).view(N, H, n, W, Dh)
+    kb = F.pad(k, (0, 0, W, pad)).view(N, H, n + 1, W, Dh)  # one block of zeros in front
+    vb = F.pad(v, (0, 0, W, pad)).view(N, H, n + 1, W, Dh)
+    keys = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)  # (N, H, n, 2W, Dh): previous + own block
+    values = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
+    qpos = torch.arange(n * W, device=q.device).view(n, W)  # (n, W)
+    kpos = qpos[:, :1] - W + torch.arange(2 * W, device=q.device)  # (n, 2W)
+    lo = torch.cat([window.lo, qpos.view(1, -1)[:, L:].expand(N, pad)], dim=1).view(N, n, W, 1)
+    see = (kpos[None, :, None, :] >= lo) & (kpos[None, :, None, :] <= qpos[None, :, :, None])  # (N, n, W, 2W)
+    scores = (qb @ keys.transpose(-1, -2)) * Dh**-0.5  # (N, H, n, W, 2W)
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    probs = scores.masked_fill(~see[:, None], float("-inf")).softmax(-1, dtype=softmax_dtype).to(v.dtype)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return (probs @ values).view(N, H, n * W, Dh)[:, :, :L]
 
 
 def _causal_mask_with_offset(queries: int, keys: int, device) -> Tensor:
@@ -117,15 +187,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None, window: Window | None = None
+    ) -> Tensor:
         N, L, D = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, H, L, Dh)
         if isinstance(cache, KVCache):
-            y = self._cached(q, k, v, cache)
+            y = self._cached(q, k, v, cache, window)
         else:
             if cache is not None:
                 cache(k, v, groups)
-            y = self._full(q, k, v, groups)
+            if window is not None:
+                y = _windowed_attention(q, k, v, window, self.dropout if self.training else 0.0)
+            else:
+                y = self._full(q, k, v, groups)
         y = y.transpose(1, 2).reshape(N, L, D)  # (N, L, D)
         return self.out(y)
 
@@ -151,10 +226,17 @@ class Attention(nn.Module):
         mask = torch.cat([prev_mask, own_mask], dim=-1).reshape(N, 1, L, r + L)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
 
-    def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache) -> Tensor:
+    def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, window: Window | None) -> Tensor:
         keys, values = cache.append(k, v)  # (N, H, S, Dh): every position so far
         L, S = q.shape[2], keys.shape[2]
-        mask = None if L == 1 else _causal_mask_with_offset(L, S, q.device)
+        if isinstance(cache, RowKVCache):
+            mask = cache.visible[:, None, None, :]  # (N, 1, 1, S)
+        elif window is not None:
+            kpos = cache.offset + torch.arange(S, device=q.device)
+            qpos = window.start + torch.arange(L, device=q.device)
+            mask = ((kpos >= window.lo[:, :, None]) & (kpos <= qpos[:, None]))[:, None]  # (N, 1, L, S)
+        else:
+            mask = None if L == 1 else _causal_mask_with_offset(L, S, q.device)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
@@ -185,8 +267,10 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_ratio * dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), groups=groups, cache=cache))
+    def forward(
+        self, x: Tensor, *, groups: int = 1, cache: KVCache | KVCapture | None = None, window: Window | None = None
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), groups=groups, cache=cache, window=window))
         return x + self.mlp(self.norm2(x))
 
 
@@ -206,21 +290,20 @@ class TransformerStack(nn.Module):
         self.norm = nn.LayerNorm(dim, bias=False)
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, *, groups: int = 1, caches: list | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, groups: int = 1, caches: list | None = None, window: Window | None = None
+    ) -> Tensor:
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, groups=groups, cache=cache, use_reentrant=False)
+                x = checkpoint(block, x, groups=groups, cache=cache, window=window, use_reentrant=False)
             else:
-                x = block(x, groups=groups, cache=cache)
+                x = block(x, groups=groups, cache=cache, window=window)
         return self.norm(x)
 
-    def new_caches(self, rows: int, capacity: int, *, device, dtype) -> list[KVCache]:
+    def new_caches(self, rows: int, capacity: int, *, device, dtype, cls: type = KVCache) -> list[KVCache]:
         head_dim = self.dim // self.heads
-        return [
-            KVCache(rows, self.heads, capacity, head_dim, device=device, dtype=dtype)
-            for _ in self.blocks
-        ]
+        return [cls(rows, self.heads, capacity, head_dim, device=device, dtype=dtype) for _ in self.blocks]
 
     def init_weights(self, std: float = 0.02) -> None:
         """GPT-2 style: normal(0, std), residual output projections scaled by 1/sqrt(2 * depth)."""

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from megabyte.model import dynamic
 from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigMixin, as_tuple, require
 from megabyte.model.layers import KVCache, KVCapture, TransformerStack
+from megabyte.model.patching import RULES
 
 
 @dataclass
@@ -63,6 +65,14 @@ class MegabyteConfig(ConfigMixin):
     embeddings before patching, e.g. (3, 5, 7). Empty disables it."""
     tie_embeddings: bool = True
     """Tie the output layer to the byte-level stage's embedding (as in the paper)."""
+    patching: str = "fixed"
+    """Where patches end (`megabyte.model.patching`): "fixed" every P bytes (the paper), or
+    "space" (SpaceByte's rule: a patch begins after each run of spacelike bytes). With dynamic
+    patching (two stages only) the patch size is the longest patch, P_max."""
+    max_patches: int | None = None
+    """Dynamic patching: the most global positions per sequence (default: a quarter of
+    max_seq_len). Bytes of later patches are predicted by the local stage alone (no global
+    slice), in training and evaluation alike; `megabyte patches` shows how often that happens."""
     model_type: str = field(default="megabyte", repr=False)
 
     def __post_init__(self) -> None:
@@ -117,12 +127,33 @@ class MegabyteConfig(ConfigMixin):
         )
         for k in self.conv_kernels:
             require(isinstance(k, int) and k >= 1, "conv_kernels", f"kernel sizes must be >= 1, got {k}")
+        self._check_patching()
         if self.tie_embeddings:
             require(
                 self.embed_width(n - 1) == self.dims[-1],
                 "tie_embeddings",
                 "needs the byte stage's embedding width equal to its model width",
             )
+
+    def _check_patching(self) -> None:
+        require(self.patching in RULES, "patching", f"expected one of {', '.join(RULES)}, got {self.patching!r}")
+        if self.dynamic:
+            n = self.num_stages
+            require(n == 2, "patching", f"{self.patching!r} patches need two stages (one patch size), got {n}")
+            require(self.max_patches is None or (isinstance(self.max_patches, int) and self.max_patches >= 1),
+                    "max_patches", f"must be >= 1, got {self.max_patches}")
+        else:
+            require(self.max_patches is None, "max_patches", "applies to dynamic patching only")
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether patch boundaries follow the data (any `patching` but "fixed")."""
+        return self.patching != "fixed"
+
+    @property
+    def patch_cap(self) -> int:
+        """Dynamic patching: the most global positions per sequence (`max_patches`)."""
+        return self.max_patches or -(-self.max_seq_len // 4)
 
     @property
     def num_stages(self) -> int:
@@ -271,6 +302,8 @@ class Megabyte(ByteModel):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         x = x.long()
+        if self.config.dynamic:
+            return self.head(dynamic.run_stages(self, x)[-1])
         B, T = x.shape
         S0 = self.config.sub_sizes[0]
         Tp = -(-max(T, 1) // S0) * S0
@@ -309,6 +342,8 @@ class Megabyte(ByteModel):
         B, L = prompt.shape
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
+        if cfg.dynamic:
+            return dynamic.start_decoding(self, prompt)
         buf = ByteBuffer(prompt.long(), cfg.padded_len)
         ref = self.head.weight
         state = _DecodeState(buf=buf, caches=[], outs=[])
@@ -336,6 +371,8 @@ class Megabyte(ByteModel):
         Per byte only the byte stage runs; stage i runs once every S_i bytes (the global stage
         once per patch), which is where MEGABYTE's decoding speed comes from.
         """
+        if self.config.dynamic:
+            return dynamic.continue_decoding(self, state, next_bytes)
         buf, cfg = state.buf, self.config
         buf.append(next_bytes)
         t = buf.length  # position of the byte to predict next

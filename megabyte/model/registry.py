@@ -53,6 +53,9 @@ class ModelKind:
     fit: Callable[[Any, Any, frozenset[str]], tuple[Any, list[str]]] | None = None
     """(config, dataset, fields the user set) -> the config adjusted to the data, and what changed;
     called after the context has grown to the data's sequences (`training.presets.fit_to_data`)."""
+    modalities: tuple[str, ...] | None = None
+    """The data it is made for ("text", "image", "audio"; None: any). `megabyte compare` leaves a
+    kind out of its default model list on other data (it still runs when named)."""
     sized: Callable[[Any, int], Any] | None = None
     """(`megabyte.bench.rows.Sizes`, max_seq_len) -> a config of `megabyte bench`'s shapes."""
 

@@ -20,7 +20,7 @@ def test_formula_matches_flop_counter(name, seq_len):
     model = megabyte.build_model(cfg).train()
     x = torch.randint(0, 256, (2, seq_len))
     counted = counted_flops(lambda: model.loss(x).mean.backward())
-    assert 2 * training_flops(cfg, seq_len, causal=False).total == counted
+    assert 2 * training_flops(cfg, seq_len, causal=False, data=x).total == counted
 
 
 def test_causal_counts_half_the_attention_pairs_plus_the_diagonal():

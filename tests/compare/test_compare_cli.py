@@ -29,7 +29,7 @@ def test_compare_end_to_end(text_data, tmp_path, capsys, few_points):
     assert rc == 0
     report = json.loads((out / "compare.json").read_text())
     names = [m["name"] for m in report["models"]]
-    assert names == ["megabyte", "transformer", "perceiver-ar", "subword"]
+    assert names == ["megabyte", "megabyte-space", "transformer", "perceiver-ar", "subword"]
     assert report["budget"] == {"seconds": None, "flops": 8e8, "per": "model", "matched": "training FLOPs"}
     for m in report["models"]:
         t = m["train"]
@@ -100,9 +100,11 @@ def test_budget_and_flops_exclude_each_other(text_data, tmp_path, capsys):
 
 
 def test_model_lists():
-    assert parse_models(None, "text") == (["megabyte", "transformer", "perceiver-ar", "subword"], [])
+    assert parse_models(None, "text") == (["megabyte", "megabyte-space", "transformer", "perceiver-ar", "subword"], [])
     names, skipped = parse_models(None, "audio")
-    assert names == ["megabyte", "transformer", "perceiver-ar"] and skipped[0]["model"] == "subword"
+    assert names == ["megabyte", "transformer", "perceiver-ar"]
+    assert [s["model"] for s in skipped] == ["subword", "megabyte-space"] and "made for text" in skipped[1]["reason"]
+    assert parse_models("megabyte-space", "image")[0] == ["megabyte-space"]  # named: it runs
     assert parse_models("transformer, megabyte", "text")[0] == ["transformer", "megabyte"]
     with pytest.raises(MegabyteError, match="needs text"):
         parse_models("subword", "image")

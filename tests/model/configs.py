@@ -21,6 +21,13 @@ MODEL_CONFIGS = {
     "megabyte-projected": megabyte.MegabyteConfig(
         patch_sizes=(4, 4), dims=(64, 32, 16), depths=(1, 1, 1), max_seq_len=MAX, embed_dims=(8, 8, 16)
     ),
+    "megabyte-space": megabyte.MegabyteConfig(
+        patch_sizes=(8,), dims=(64, 32), depths=(2, 2), max_seq_len=MAX, patching="space"
+    ),
+    "megabyte-space-cross-patch-conv": megabyte.MegabyteConfig(
+        patch_sizes=(6,), dims=(48, 32), depths=(1, 2), max_seq_len=MAX, patching="space", cross_patch=3,
+        conv_kernels=(3,), max_patches=12,
+    ),
     "transformer": megabyte.TransformerConfig(dim=32, depth=2, max_seq_len=MAX),
     "perceiver-ar": megabyte.PerceiverARConfig(dim=32, depth=2, max_seq_len=MAX, num_latents=16),
 }

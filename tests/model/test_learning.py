@@ -9,7 +9,7 @@ import torch
 from megabyte.model.base import byte_loss
 from tests.model.configs import MODEL_CONFIGS, make
 
-LEARNERS = ["megabyte-2stage", "megabyte-3stage", "transformer", "perceiver-ar"]
+LEARNERS = ["megabyte-2stage", "megabyte-3stage", "megabyte-space", "transformer", "perceiver-ar"]
 
 
 def real_text(n: int) -> bytes:

@@ -1,0 +1,198 @@
+"""`megabyte patches`: see where a model's patches end on your bytes.
+
+    megabyte patches runs/space --text "Patches end where words do."      # a run's own rule and P_max
+    megabyte patches --rule space --max-len 16 --file README.md --png patches.png
+    megabyte patches --rule space --data data/text --window 1024           # statistics of a dataset
+
+Prints the bytes with a bar before every patch (bytes that are not UTF-8 on their own, such as a
+character cut by a boundary, show as \\xNN escapes), then bytes per patch and a histogram of
+patch lengths. With --data, the statistics are those of the training split cut as in training
+(each window of --window bytes on its own), including the share of bytes past the model's cap on
+global positions. --png draws the text with alternating colours per patch. A fixed-patch model
+cuts every P bytes; dynamic rules: `megabyte.model.patching`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from megabyte.errors import MegabyteError
+
+BAR = "\u2502"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("patches", help="show where patches end on some text, and their lengths",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="a MEGABYTE run or checkpoint directory: its rule and patch size")
+    p.add_argument("--rule", choices=("fixed", "space"), help="the rule, without a run (default space)")
+    p.add_argument("--max-len", type=int, help="without a run: the longest patch P_max (default 16)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="text to cut (UTF-8)")
+    what.add_argument("--file", type=Path, help="a file whose bytes to cut")
+    what.add_argument("--data", type=Path, help="a prepared dataset: statistics of its train split")
+    p.add_argument("--window", type=int, help="bytes per window, each cut on its own (default: the run's "
+                   "context, else 1024)")
+    p.add_argument("--show", type=int, default=2000, help="bytes of --text/--file to print (default 2000)")
+    p.add_argument("--png", type=Path, help="also draw the first --show bytes, a colour per patch, here")
+    p.set_defaults(func=run)
+
+
+def patch_config(args):
+    """The config whose rule is shown: the run's, or one made from --rule / --max-len."""
+    import megabyte
+
+    if args.run:
+        if args.rule or args.max_len:
+            raise MegabyteError("give a run or --rule/--max-len, not both")
+        from megabyte.model.io import read_config
+        from megabyte.training.checkpoint import resolve_checkpoint
+
+        config = read_config(resolve_checkpoint(Path(args.run)))
+        if not hasattr(config, "patching"):
+            raise MegabyteError(f"{args.run}: a {config.model_type} model has no patches")
+        return config
+    size = args.max_len or 16
+    if size < 1:
+        raise MegabyteError(f"--max-len must be >= 1, got {size}")
+    return megabyte.MegabyteConfig(patch_sizes=(size,), dims=(size, size), depths=(1, 1), heads=(1, 1),
+                                   patching=args.rule or "space", max_seq_len=max(size, args.window or 1024))
+
+
+def starts_of(config, data: bytes):
+    """(T,) bool: the patch starts of `data`, windows of the config's context each on their own."""
+    import torch
+
+    from megabyte.model.patching import patch_starts
+
+    x = torch.tensor(list(data), dtype=torch.long)
+    if not config.dynamic:
+        S = config.sub_sizes[0]
+        return torch.arange(len(data)) % S == 0
+    window = config.max_seq_len
+    out = [patch_starts(x[i : i + window][None], config.patching, config.patch_sizes[0])[0]
+           for i in range(0, len(data), window)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def marked(data: bytes, starts) -> str:
+    """The bytes with a bar before every patch but the first."""
+    cuts = [int(i) for i in starts.nonzero().flatten()] + [len(data)]
+    pieces = [data[a:b].decode("utf-8", "backslashreplace") for a, b in zip(cuts, cuts[1:])]
+    return BAR.join(pieces)
+
+
+def histogram(counts: list[int], width: int = 40) -> list[str]:
+    """One bar per patch length 1, 2, ...: how many patches have it."""
+    top = max(counts, default=0) or 1
+    return [f"{n:>4} bytes {c:>9,}  {'#' * round(width * c / top)}" for n, c in enumerate(counts, 1)]
+
+
+def run(args) -> int:
+    config = patch_config(args)
+    if args.window:
+        import dataclasses
+
+        if args.window < 1:
+            raise MegabyteError(f"--window must be >= 1, got {args.window}")
+        config = dataclasses.replace(config, max_seq_len=args.window)
+    if args.data is not None:
+        return _dataset_stats(config, args.data)
+    if args.file is not None:
+        try:
+            data = args.file.read_bytes()
+        except OSError as exc:
+            raise MegabyteError(f"{args.file}: {exc.strerror or exc}") from None
+    else:
+        data = args.text.encode("utf-8")
+    if not data:
+        raise MegabyteError("no bytes to cut")
+    starts = starts_of(config, data)
+    shown = data[: args.show]
+    print(marked(shown, starts[: len(shown)]))
+    if len(data) > len(shown):
+        print(f"... ({len(data) - len(shown):,} more bytes not shown)")
+    _print_summary(config, data, starts)
+    if args.png:
+        from megabyte.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.png, draw_png(shown, starts[: len(shown)], title=describe_rule(config)))
+        print(f"wrote {args.png}")
+    return 0
+
+
+def describe_rule(config) -> str:
+    if not config.dynamic:
+        return f"fixed patches of {config.sub_sizes[0]} bytes"
+    return f"{config.patching} patches of at most {config.patch_sizes[0]} bytes"
+
+
+def _print_summary(config, data: bytes, starts) -> None:
+    import torch
+
+    from megabyte.model.patching import PatchLayout
+
+    lengths = PatchLayout.of(starts[None]).lengths()
+    print(f"\n{describe_rule(config)}: {len(data):,} bytes in {len(lengths):,} patches, "
+          f"{len(data) / max(1, len(lengths)):.2f} bytes per patch")
+    print("\n".join(histogram(torch.bincount(lengths)[1:].tolist())))
+
+
+def _dataset_stats(config, directory: Path) -> int:
+    import torch
+
+    from megabyte.data.dataset import even_windows, load_dataset
+    from megabyte.model.dynamic import patch_stats
+
+    if not config.dynamic:
+        raise MegabyteError(f"fixed patches are {config.sub_sizes[0]} bytes everywhere; --data is for dynamic rules")
+    T = config.max_seq_len
+    windows = torch.from_numpy(even_windows(load_dataset(directory).split("train"), T, 1024))
+    if not len(windows):
+        raise MegabyteError(f"{directory}: the train split is shorter than one window of {T} bytes")
+    s = patch_stats(config, windows)
+    print(f"{describe_rule(config)} on {s['rows']:,} windows of {T:,} bytes of {directory} (train split):")
+    print(f"  {s['mean_bytes']:.2f} bytes per patch; {s['patches_per_row_mean']:.1f} patches per window "
+          f"(at most {s['patches_per_row_max']}); cap {s['cap']} global positions per window: "
+          f"{100 * s['share_past_cap']:.3f}% of bytes past it (predicted without a global slice)")
+    print("\n".join(histogram(s["histogram"])))
+    return 0
+
+
+def draw_png(data: bytes, starts, *, title: str, columns: int = 80) -> bytes:
+    """The text in a monospaced grid, each patch on its own colour (alternating), as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    colours = ("#cfe2f3", "#fde9c9", "#d9ead3", "#f4cccc")
+    patch = starts.long().cumsum(0) - 1
+    cells, row, col = [], 0, 0
+    for i, b in enumerate(data):
+        if b == 0x0A:
+            cells.append((row, col, "\u23ce", int(patch[i])))
+            row, col = row + 1, 0
+            continue
+        ch = chr(b) if 0x20 <= b < 0x7F else "\u00b7"
+        cells.append((row, col, ch, int(patch[i])))
+        col += 1
+        if col >= columns:
+            row, col = row + 1, 0
+    rows = row + 1
+    fig, ax = plt.subplots(figsize=(columns * 0.11 + 0.4, rows * 0.22 + 0.7))
+    for r, c, ch, k in cells:
+        ax.add_patch(Rectangle((c, -r - 1), 1, 1, facecolor=colours[k % len(colours)], edgecolor="none"))
+        ax.text(c + 0.5, -r - 0.5, ch, ha="center", va="center", family="monospace", fontsize=7)
+    ax.set_xlim(0, columns)
+    ax.set_ylim(-rows, 0)
+    ax.axis("off")
+    ax.set_title(title + " (a colour per patch; \u00b7 a non-ASCII byte, \u23ce a newline)", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
