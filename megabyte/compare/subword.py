@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,9 +287,11 @@ class TokenObjective:
 
 
 # ------------------------------------------------------------------------------------ generation
-def generate_tokens(model, bpe: BPE, prompt: bytes, n_bytes: int, *, seed: int = 0) -> tuple[bytes, int]:
-    """Sample tokens (temperature 1, cached) until at least `n_bytes` bytes came out; returns the
-    bytes and the tokens generated. At the model's context limit it continues from the last half."""
+def generate_tokens(model, bpe: BPE, prompt: bytes, n_bytes: int, *, seed: int = 0, temperature: float = 1.0,
+                    stops: Sequence[bytes] = ()) -> tuple[bytes, int]:
+    """Sample tokens (cached; temperature 0 is greedy) until at least `n_bytes` bytes came out or
+    a stop string has; returns the bytes and the tokens generated. At the model's context limit it
+    continues from the last half."""
     import torch
 
     from megabyte.generation import sample_next
@@ -306,11 +309,13 @@ def generate_tokens(model, bpe: BPE, prompt: bytes, n_bytes: int, *, seed: int =
             warnings.simplefilter("ignore")
             logits, state = model.start_decoding(torch.tensor([ids], device=device))
             while produced < n_bytes:
-                nxt = sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=generator)  # (1,)
+                nxt = sample_next(logits, temperature=temperature, top_k=None, top_p=None, generator=generator)
                 token = int(nxt[0])
                 ids.append(token)
                 out += bpe.token_bytes[token]
                 produced, count = len(out), count + 1
+                if any(s in out for s in stops):
+                    break
                 if len(ids) + 1 >= limit:  # slide: restart from the last half of the context
                     ids = ids[-(limit // 2):]
                     logits, state = model.start_decoding(torch.tensor([ids], device=device))
