@@ -619,7 +619,8 @@ SIZING = ("One preset gives every model kind about the same parameter count; eve
           "fewer bytes for a model that trains on fewer, so that validation takes about a tenth of every "
           "model's budget (a wall-clock budget includes it). Training FLOPs are counted "
           "analytically: 6 x weights x positions for every matmul, plus 12 x width x (query, key) pairs per "
-          "attention layer; MEGABYTE's global stage counts once per patch, its local stage once per byte.")
+          "attention layer; MEGABYTE's global stage counts once per patch, its local stage once per byte; with "
+          "data-dependent patches, what the model computes on 256 training windows, per step of the batch.")
 
 
 LR_TUNED = ("each model's peak learning rate chosen by a sweep: every value of the grid trains the first "
