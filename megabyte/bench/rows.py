@@ -180,6 +180,13 @@ class Row:
     def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
         """The bytes every training step of the row runs on: random (the same for every row), or
         for a dynamically patched model real text (Python's stdlib), whose patches it is made for."""
+        cached = getattr(self, "_inputs", None)
+        if cached is not None and cached.shape == (batch, seq_len):
+            return cached  # flops, bytes_per_patch and the step read the same bytes once
+        self._inputs = self._make_inputs(batch, seq_len)
+        return self._inputs
+
+    def _make_inputs(self, batch: int, seq_len: int) -> torch.Tensor:
         if not getattr(getattr(self, "config", None), "dynamic", False):
             return torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(self.device)
         from megabyte.data.text import stdlib_text

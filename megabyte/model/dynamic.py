@@ -159,7 +159,7 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
     t = buf.length  # the byte to predict
     if t >= cfg.max_seq_len:
         raise ValueError(f"reached the model's max_seq_len ({cfg.max_seq_len} bytes)")
-    g, loc = model.stages
+    loc = model.stages[1]
     P = cfg.patch_sizes[0]
     new = starts_next(buf.data, t, state.start, cfg.patching, P)
     if bool(new.any()):
