@@ -8,7 +8,8 @@ Examples::
     megabyte compare --data data/text --preset medium --budget 1h --device cuda --out runs/gpu   # one GPU
 
 Every model trains on the same dataset for the same budget (per model): the same wall-clock on this
-machine (--budget, default 10m), or the same analytic training FLOPs (--flops). Then all are scored
+machine (--budget, default 10m), the same analytic training FLOPs (--flops), or the same optimizer
+steps (--steps). Then all are scored
 in bits per byte on the same validation bytes (basic, strided for MEGABYTE, sliding window) and
 their cached generation speed is measured. OUT gets compare.md (tables), compare.png (validation bpb
 against training compute and time), compare.json (everything) and runs/NAME/ (each training run).
@@ -44,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", metavar="T", help="wall-clock training time per model, e.g. 90s, 10m (default 10m)")
     budget.add_argument("--flops", metavar="F", help="training FLOPs per model, e.g. 1e15, 300T (analytic count)")
+    budget.add_argument("--steps", type=int, metavar="N",
+                        help="optimizer steps per model (the same updates for every model, whatever they cost)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-DATANAME)")
     p.add_argument("--preset", default="small", metavar="NAME",
                    help="model sizes for every kind: tiny, small, medium, text, ... (default small)")
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path("runs") / f"compare-{Path(args.data).resolve().name}")
     report = compare(
-        args.data, out, models=args.models, budget=args.budget, flops=args.flops, preset=args.preset,
+        args.data, out, models=args.models, budget=args.budget, flops=args.flops, steps=args.steps, preset=args.preset,
         vocab_size=args.vocab_size, eval_bytes=args.eval_bytes, gen_bytes=args.gen_bytes, device=args.device,
         precision=args.precision, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
         progress=not args.no_progress, lr_sweep=args.lr_sweep == "on", lr_grid=args.lr_grid,
@@ -98,7 +101,7 @@ def _command(args: argparse.Namespace, out: str) -> str:
     """The command line that reproduces this comparison, as recorded in its report."""
     parts = ["megabyte", "compare", "--data", args.data]
     for flag, value, default in (("--models", args.models, None), ("--budget", args.budget, None),
-                                 ("--flops", args.flops, None), ("--preset", args.preset, "small"),
+                                 ("--flops", args.flops, None), ("--steps", args.steps, None), ("--preset", args.preset, "small"),
                                  ("--vocab-size", args.vocab_size, 4096), ("--eval-bytes", args.eval_bytes, None),
                                  ("--gen-bytes", args.gen_bytes, 256), ("--device", args.device, "auto"),
                                  ("--precision", args.precision, None), ("--batch-size", args.batch_size, None),

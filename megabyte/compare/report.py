@@ -53,6 +53,8 @@ def describe_budget(report: dict) -> str:
     budget = report["budget"]
     if budget.get("seconds") is not None:
         return f"{budget['seconds']:g} s of wall-clock training per model"
+    if budget.get("steps") is not None:
+        return f"{budget['steps']} optimizer steps per model"
     return f"{human_flops(budget['flops'])} of training compute per model"
 
 

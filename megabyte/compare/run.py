@@ -65,6 +65,8 @@ class CompareConfig:
     """Wall-clock per model ("90s", "10m", seconds); or `flops`, not both (default 10 minutes)."""
     flops: str | float | None = None
     """Training FLOPs per model ("1e15", "300T")."""
+    steps: int | None = None
+    """Optimizer steps per model (the same updates for every model, whatever they cost)."""
     preset: str = "small"
     vocab_size: int = 4096
     eval_bytes: int | None = None
@@ -96,7 +98,7 @@ class CompareConfig:
             if value is not None and value < low:
                 why = " (the byte symbols)" if name == "vocab_size" else ""
                 raise MegabyteError(f"--{name.replace('_', '-')} must be at least {low}{why}, got {value}")
-        self.limits = parse_budget(self.budget, self.flops)
+        self.limits = parse_budget(self.budget, self.flops, self.steps)
         self.out_dir = Path(self.out_dir)
 
 
@@ -164,21 +166,27 @@ def parse_models(text: str | list[str] | None, modality: str) -> tuple[list[str]
     return list(names), skipped
 
 
-def parse_budget(budget: str | float | None, flops: str | float | None) -> dict[str, float | None]:
-    """{"seconds": S, "flops": None} or {"seconds": None, "flops": F}; the default is 10 minutes."""
+def parse_budget(budget: str | float | None, flops: str | float | None,
+                 steps: int | None = None) -> dict[str, float | None]:
+    """{"seconds": S, "flops": None, "steps": None}, or the FLOPs, or the steps given (one of the
+    three, never two); the default is 10 minutes."""
     from megabyte.training.config import parse_duration
 
-    if budget is not None and flops is not None:
-        raise MegabyteError("give either a time budget (--budget) or a FLOP budget (--flops), not both")
+    if sum(v is not None for v in (budget, flops, steps)) > 1:
+        raise MegabyteError("give one budget: a time (--budget), FLOPs (--flops) or steps (--steps), not both")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise MegabyteError(f"--steps must be a whole number of at least 1, got {steps!r}")
+        return {"seconds": None, "flops": None, "steps": steps}
     if flops is not None:
         try:
-            return {"seconds": None, "flops": parse_flops(flops)}
+            return {"seconds": None, "flops": parse_flops(flops), "steps": None}
         except ValueError as exc:
             raise MegabyteError(f"--flops: {exc}") from None
     seconds = DEFAULT_BUDGET if budget is None else parse_duration(budget, "--budget")
     if not seconds > 0:
         raise MegabyteError(f"--budget must be more than 0 seconds, got {budget!r}")
-    return {"seconds": seconds, "flops": None}
+    return {"seconds": seconds, "flops": None, "steps": None}
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -264,7 +272,10 @@ def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
     """Set the budget, warm-up and evaluation cadence of `entry.train_config` so that the steps
     that fit (counted in FLOPs, or estimated from a measured step time) make a whole schedule."""
     cfg = entry.train_config
-    if budget["flops"] is not None:
+    if budget.get("steps") is not None:
+        updates = {"max_steps": budget["steps"], "max_time": None}
+        expected = budget["steps"]
+    elif budget["flops"] is not None:
         steps = max(1, int(budget["flops"] // entry.flops_per_step))
         if steps * entry.flops_per_step > budget["flops"]:
             entry.notes.append("one step exceeds the FLOP budget")
@@ -465,7 +476,7 @@ def run_comparison(config: CompareConfig, say=print) -> dict[str, Any]:
         "data": {"dir": str(data.directory.resolve()), "modality": data.modality, "bytes": data.meta["bytes"],
                  "item_len": data.item_len, "scored_bytes": results[0]["eval"]["basic"]["bytes"] if results else 0},
         "budget": {**config.limits, "per": "model",
-                   "matched": "wall-clock seconds" if config.limits["seconds"] else "training FLOPs"},
+                   "matched": _matched(config.limits)},
         "preset": config.preset, "seed": config.seed, "batch_size": config.batch_size, "machine": machine(),
         "setup": setup, "sizing": SIZING.format(lr=LR_TUNED if config.lr_sweep else LR_SHARED), "models": results,
         "skipped": skipped, "lr_sweep": config.lr_sweep,
@@ -553,7 +564,7 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
         run_dir = config.out_dir / "sweep" / entry.name / f"lr-{lr:.3g}"
         try:
             summary = train(dataclasses.replace(base, lr=lr, min_lr=lr * cfg.min_lr / cfg.lr), entry.model_config,
-                            held, run_dir, preset=config.preset, progress=False)
+                            held, run_dir, preset=config.preset, progress=False, hints=False)
             spikes = sum(len(r.get("spikes", [])) for r in read_metrics(run_dir / "metrics.jsonl"))
             trials.append({"lr": lr, "score": summary["val_bpb"], "steps": summary["step"], "spikes": spikes,
                            "seconds": summary["elapsed"]})
@@ -634,7 +645,15 @@ LR_SHARED = "the preset's peak learning rate for every model (--lr-sweep off: no
 def _describe_budget(limits: dict) -> str:
     if limits["seconds"] is not None:
         return f"{limits['seconds']:g} s of wall-clock"
+    if limits.get("steps") is not None:
+        return f"{limits['steps']} steps"
     return human_flops(limits["flops"])
+
+
+def _matched(limits: dict) -> str:
+    if limits["seconds"] is not None:
+        return "wall-clock seconds"
+    return "optimizer steps" if limits.get("steps") is not None else "training FLOPs"
 
 
 def _result(entry: Entry, summary: dict, scores: dict, speed: dict, tokens) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from megabyte.training import faults
 from megabyte.training.config import TrainConfig
 from megabyte.training.lock import RunLock
 from megabyte.training.metrics import MetricsLog, Progress, format_duration, human
-from megabyte.training.notices import SpikeWatch, spike_warning, unigram_hint
+from megabyte.training.notices import HINT_MIN_STEPS, SpikeWatch, spike_warning, unigram_hint
 from megabyte.training.objective import as_objective
 from megabyte.training.optim import build_optimizer, lr_at
 from megabyte.training.run import (
@@ -78,7 +78,7 @@ class Trainer:
     other, see `megabyte.training.objective`), writing into `run_dir`."""
 
     def __init__(self, cfg: TrainConfig, model_config, objective, run_dir: Path, runtime: Runtime, *,
-                 preset: str | None = None, progress: bool = True) -> None:
+                 preset: str | None = None, progress: bool = True, hints: bool = True) -> None:
         objective = as_objective(objective)
         self.cfg, self.model_config, self.objective, self.runtime = cfg, model_config, objective, runtime
         self.run_dir, self.preset, self.show_progress = Path(run_dir), preset, progress
@@ -114,7 +114,7 @@ class Trainer:
         self._checked_step = 0
         self.spikes = SpikeWatch()
         self.notices: list[str] = []  # warnings and hints to say after the current step
-        self._hint_checked = False
+        self._hint_checked = not hints  # a learning-rate trial is judged by its score, not hinted at
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -347,12 +347,12 @@ class Trainer:
         return found
 
     def _check_learning(self, val_bpb: float) -> None:
-        """Once, at the first validation after a tenth of the run: queue a hint if validation is
-        no better than the unigram entropy of the training data."""
+        """Once, at the first validation after a tenth of the run and at least `HINT_MIN_STEPS`
+        steps: queue a hint if validation is no better than the unigram entropy of the training data."""
         cfg = self.cfg
         done = max(self.state.step / cfg.max_steps if cfg.max_steps else 0.0,
                    self.elapsed() / cfg.max_time if cfg.max_time else 0.0)
-        if self._hint_checked or done < 0.1 or not self.runtime.is_main:
+        if self._hint_checked or done < 0.1 or self.state.step < HINT_MIN_STEPS or not self.runtime.is_main:
             return
         self._hint_checked = True
         unigram = getattr(self.objective, "unigram_bits", None)
@@ -523,13 +523,15 @@ def train(
     *,
     preset: str | None = None,
     progress: bool = True,
+    hints: bool = True,
 ) -> dict[str, Any]:
     """Train `model_config` on `data` (a prepared dataset directory, or an objective such as
     `megabyte.compare.subword.TokenObjective`), writing the run into `out_dir`.
 
     With `resume=True`, continue from `out_dir`'s latest checkpoint: the configs must match the
     saved ones except for the fields in `config.RESUMABLE` (budget, evaluation and saving cadence,
-    device). Returns a summary: step, bytes, val_bpb, train_bpb, bytes_per_s, checkpoint, ...
+    device). `hints=False` leaves out the no-learning hint (`megabyte.training.notices`), as a
+    learning-rate trial does. Returns a summary: step, bytes, val_bpb, train_bpb, bytes_per_s, checkpoint, ...
     """
     objective = as_objective(data)
     train_config, model_config = resolve_lengths(train_config, model_config, objective)
@@ -541,7 +543,7 @@ def train(
                                timeout=train_config.dist_timeout)
     try:
         return _run(runtime, train_config, model_config, objective, out_dir, checkpoint, preset=preset,
-                    progress=progress)
+                    progress=progress, hints=hints)
     except BaseException as exc:
         # The failed run's frames hold the trainer, and through its DDP or FSDP model the process
         # group: let them go, so that `close` below can end the group's threads.
@@ -552,7 +554,7 @@ def train(
 
 
 def _run(runtime: Runtime, train_config: TrainConfig, model_config, objective, out_dir: Path,
-         checkpoint: Path | None, *, preset: str | None, progress: bool) -> dict[str, Any]:
+         checkpoint: Path | None, *, preset: str | None, progress: bool, hints: bool) -> dict[str, Any]:
     """Build the Trainer in `runtime` and train; nothing of it outlives this call."""
     resume = checkpoint is not None
     train_config.process_batches(runtime.world_size)  # a clear error before any work
@@ -565,7 +567,8 @@ def _run(runtime: Runtime, train_config: TrainConfig, model_config, objective, o
             prepare_fresh_run(out_dir)
         if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
             raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
-        trainer = Trainer(train_config, model_config, objective, out_dir, runtime, preset=preset, progress=progress)
+        trainer = Trainer(train_config, model_config, objective, out_dir, runtime, preset=preset, progress=progress,
+                          hints=hints)
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if runtime.is_main:

@@ -3,7 +3,8 @@
     loss spikes    a step whose training loss is far above the recent median (`SpikeWatch`):
                    a warning line with its step, and a `spikes` entry in that metrics record
     no learning    validation no better than the unigram entropy of the training bytes (what
-                   knowing byte frequencies alone scores) after a tenth of the run (`unigram_hint`)
+                   knowing byte frequencies alone scores) after a tenth of the run and at least
+                   HINT_MIN_STEPS steps (`unigram_hint`)
 
 Both usually mean the learning rate is too high for the model and batch (`megabyte compare`
 tunes it per model; `--lr` sets it for `megabyte train`).
@@ -22,6 +23,10 @@ SPIKE_MIN_HISTORY = 10
 SPIKE_RATIO = 1.4
 SPIKE_BITS = 1.0
 """A spike: a step's training bpb above SPIKE_RATIO x the median and SPIKE_BITS above it."""
+HINT_MIN_STEPS = 200
+"""Steps before a run is judged to learn nothing: a good run can still be above the unigram
+entropy at step 100 (MEGABYTE small, batch 2, on English prose: above it at step 100 and 0.57
+bits below it at step 200), and a smoke run of a few dozen steps is too short to judge."""
 
 
 class SpikeWatch:

@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     ),
     Preset(
         "small", "a few minutes of useful training on a laptop CPU", ctx=1024,
-        train={"batch_size": 8, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
+        train={"batch_size": 8, "lr": 7.5e-4, "min_lr": 7.5e-5, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
                "eval_every": 250, "eval_bytes": 1 << 19, "log_every": 10, "save_every": 500},
     ),
     Preset(

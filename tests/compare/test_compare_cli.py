@@ -30,7 +30,8 @@ def test_compare_end_to_end(text_data, tmp_path, capsys, few_points):
     report = json.loads((out / "compare.json").read_text())
     names = [m["name"] for m in report["models"]]
     assert names == ["megabyte", "megabyte-space", "transformer", "perceiver-ar", "subword"]
-    assert report["budget"] == {"seconds": None, "flops": 8e8, "per": "model", "matched": "training FLOPs"}
+    assert report["budget"] == {"seconds": None, "flops": 8e8, "steps": None, "per": "model",
+                                "matched": "training FLOPs"}
     for m in report["models"]:
         t = m["train"]
         assert t["stop_reason"] == "max_steps" and t["steps"] == max(1, int(8e8 // t["flops_per_step"]))
@@ -96,7 +97,27 @@ def test_budget_and_flops_exclude_each_other(text_data, tmp_path, capsys):
     assert exc.value.code == 2
     with pytest.raises(MegabyteError, match="not both"):
         parse_budget("1m", "1e12")
-    assert parse_budget(None, None) == {"seconds": 600.0, "flops": None}
+    assert parse_budget(None, None) == {"seconds": 600.0, "flops": None, "steps": None}
+    with pytest.raises(MegabyteError, match="not both"):
+        parse_budget(None, "1e12", 10)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(MegabyteError, match="--steps"):
+            parse_budget(None, None, bad)
+
+
+def test_step_budget_gives_every_model_the_same_updates(text_data, tmp_path, few_points):
+    out = tmp_path / "cmp"
+    assert compare("--data", str(text_data), "--preset", "tiny", "--models", "megabyte,transformer", "--steps", "6",
+                   "--eval-bytes", "512", "--gen-bytes", "8", "--lr-sweep", "off", "--out", str(out)) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["budget"]["steps"] == 6 and report["budget"]["matched"] == "optimizer steps"
+    flops = set()
+    for m in report["models"]:
+        assert m["train"]["steps"] == 6 and m["train"]["stop_reason"] == "max_steps"
+        flops.add(m["train"]["flops"])
+    assert len(flops) == 2  # the same steps cost each model its own FLOPs
+    md = (out / "compare.md").read_text()
+    assert "6 optimizer steps per model" in md and "--steps 6" in md
 
 
 def test_model_lists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from megabyte.training import TrainConfig, get_preset, train
+from megabyte.training import loop as loop_module
 from megabyte.training.notices import SpikeWatch, unigram_hint
 from tests.training.helpers import metrics
 
@@ -40,9 +41,15 @@ def test_no_spike_in_an_ordinary_run(text_data, tmp_path, capsys):
     assert not [r for r in metrics(tmp_path / "run") if "spikes" in r]
 
 
-def test_a_run_that_learns_nothing_gets_a_hint(text_data, tmp_path, capsys):
+def test_a_run_that_learns_nothing_gets_a_hint(text_data, tmp_path, capsys, monkeypatch):
     cfg, model = tiny(max_steps=20, eval_every=2, lr=1e-7, min_lr=1e-8)
+    # the default: a 20-step run is too short to judge
+    train(cfg, model, text_data, tmp_path / "short", progress=False)
+    assert "hint:" not in capsys.readouterr().out
+    monkeypatch.setattr(loop_module, "HINT_MIN_STEPS", 4)  # judged at the first validation after 10% and 4 steps
     train(cfg, model, text_data, tmp_path / "stuck", progress=False)
     out = capsys.readouterr().out
-    assert out.count("hint: validation") == 1 and "step 2 (10% of the run)" in out and "unigram entropy" in out
+    assert out.count("hint: validation") == 1 and "step 4 (20% of the run)" in out and "unigram entropy" in out
+    train(cfg, model, text_data, tmp_path / "trial", progress=False, hints=False)  # as a learning-rate trial
+    assert "hint:" not in capsys.readouterr().out
     assert unigram_hint(4.0, 4.57, 200) is None and "4.570 bits" in unigram_hint(4.6, 4.57, 200)
