@@ -171,8 +171,35 @@ def _short_causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -
     return probs @ v  # (N, H, L, Dh)
 
 
+SDPA_MAX_ROWS = 65_535
+"""Most rows x heads (N x H) one `scaled_dot_product_attention` call gets. PyTorch's CUDA flash
+and memory-efficient kernels put batch x heads on a grid axis of at most 65,535 blocks and fail
+beyond it (pytorch#142228); MEGABYTE's local stage attends over B x T / P rows (131,072 rows of
+one 1 MiB sequence at P = 8, times its heads). `_sdpa` cuts the rows into calls under the limit.
+Rows are independent, so the outputs and gradients are those of one call (with dropout, each
+call draws its own masks: the same distribution, other draws). It applies on every device: on
+the CPU it costs one copy of the output above the limit, and the CPU tests run the GPU's path."""
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0,
+          causal: bool = False) -> Tensor:
+    """`scaled_dot_product_attention` of rows (N, H, L, Dh), at most `SDPA_MAX_ROWS` rows x heads
+    per call. `mask` is (L, S), or (N or 1, 1, L or 1, S): a per-row mask is cut with the rows."""
+    N, H = q.shape[:2]
+    rows = max(1, SDPA_MAX_ROWS // H)
+    if N <= rows:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+    per_row = mask is not None and mask.dim() == 4 and mask.shape[0] == N
+    return torch.cat([
+        F.scaled_dot_product_attention(q[i : i + rows], k[i : i + rows], v[i : i + rows],
+                                       attn_mask=mask[i : i + rows] if per_row else mask,
+                                       dropout_p=dropout_p, is_causal=causal)
+        for i in range(0, N, rows)
+    ])  # (N, H, L, Dh)
+
+
 class Attention(nn.Module):
-    """Multi-head causal self-attention through `scaled_dot_product_attention`.
+    """Multi-head causal self-attention through `scaled_dot_product_attention` (`_sdpa`).
 
     With `cross_patch = r > 0`, rows are consecutive patches of `groups` per sequence, and every
     position also attends to the last r positions of the previous patch of its sequence (the
@@ -210,7 +237,7 @@ class Attention(nn.Module):
         if r == 0:
             if q.shape[2] <= SHORT_ROWS and q.device.type == "cpu":
                 return _short_causal_attention(q, k, v, p)
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            return _sdpa(q, k, v, dropout_p=p, causal=True)
         N, H, L, Dh = k.shape
         B = N // groups
         # Tail of the previous patch of the same sequence, zeros for the first patch (masked out).
@@ -224,7 +251,7 @@ class Attention(nn.Module):
         prev_mask = has_prev.view(1, groups, 1, 1, 1).expand(B, groups, 1, L, r)
         own_mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril().expand(B, groups, 1, L, L)
         mask = torch.cat([prev_mask, own_mask], dim=-1).reshape(N, 1, L, r + L)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+        return _sdpa(q, keys, values, mask=mask, dropout_p=p)
 
     def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, window: Window | None) -> Tensor:
         keys, values = cache.append(k, v)  # (N, H, S, Dh): every position so far
@@ -237,7 +264,7 @@ class Attention(nn.Module):
             mask = ((kpos >= window.lo[:, :, None]) & (kpos <= qpos[:, None]))[:, None]  # (N, 1, L, S)
         else:
             mask = None if L == 1 else _causal_mask_with_offset(L, S, q.device)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return _sdpa(q, keys, values, mask=mask)
 
 
 class MLP(nn.Module):
