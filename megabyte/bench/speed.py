@@ -18,6 +18,7 @@ from typing import Any
 
 from megabyte.bench.harness import machine, run_worker, worker_env
 from megabyte.bench.rows import RowSpec, ours
+from megabyte.errors import MegabyteError
 
 DEFAULT_ROWS = "megabyte,megabyte-space,transformer,perceiver-ar,megabyte-pytorch,mblm"
 REFERENCE = "megabyte-pytorch"
@@ -253,8 +254,10 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024) -> dict[str, Any]:
-    """The largest batch of one row that fits: batch 1, 2, 4, ... until a step fails (out of
-    memory), each in its own process; every batch that fitted is timed like a table row."""
+    """The largest batch of one row that fits: batch 1, 2, 4, ... until a step runs out of
+    memory, each in its own process; every batch that fitted is timed like a table row. Any other
+    failure (an error, a timeout) says nothing about what fits: it stops the search as a
+    MegabyteError instead of passing for the largest batch."""
     if len(opts.specs) != 1:
         raise ValueError("--batch auto measures one row: pass --rows with a single row")
     spec, T = opts.specs[0], opts.seq_lens[-1]
@@ -275,6 +278,9 @@ def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max
         r = worker(task, f"{spec.label}: train @ {T} x batch {batch}")
         r["batch"] = batch
         tries.append(r)
+        if "error" in r and not r.get("oom"):
+            raise MegabyteError(f"--batch auto: {spec.label} at batch {batch} failed, not for lack of memory: "
+                                f"{r['error']}")
         if "error" in r:
             break
         batch *= 2

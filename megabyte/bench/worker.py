@@ -12,6 +12,7 @@ Tasks: `peak` (matrix-product FLOP/s), `train` (timed training steps of one row)
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
 import sys
@@ -40,11 +41,6 @@ def _setup(spec: dict[str, Any]):
     return torch, torch.device(spec.get("device", "cpu"))
 
 
-def _sync(torch, device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_memory(torch, device) -> int:
     """Peak bytes: CUDA's peak allocation on a GPU, the process's peak resident set on the CPU."""
     if device.type == "cuda":
@@ -53,22 +49,25 @@ def peak_memory(torch, device) -> int:
 
 
 def timed(torch, device, fn, *, warmup: int, steps: int) -> dict[str, Any]:
-    """Run `fn` `warmup` times, then time it `steps` times (wall and process CPU seconds)."""
+    """Run `fn` `warmup` times, then time it `steps` times (wall and process CPU seconds), each
+    between two synchronised points (`megabyte.training.runtime.synchronize`)."""
+    from megabyte.training.runtime import synchronize
+
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(torch, device)
+    synchronize(device)
     warm = time.perf_counter() - start
     wall, cpu = [], []
     for _ in range(steps):
-        _sync(torch, device)
+        synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if isinstance(out, torch.Tensor) and out.numel() == 1:
             out = float(out)
         elif not isinstance(out, (int, float)):
             out = None
-        _sync(torch, device)
+        synchronize(device)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return {"warmup_s": warm, "times": wall, "cpu_times": cpu, "last": out}
@@ -76,6 +75,8 @@ def timed(torch, device, fn, *, warmup: int, steps: int) -> dict[str, Any]:
 
 def task_peak(spec: dict[str, Any]) -> dict[str, Any]:
     """Best median FLOP/s of large square matrix products, per dtype."""
+    from megabyte.training.runtime import synchronize
+
     torch, device = _setup(spec)
     sizes = spec.get("matmul_sizes") or ([8192, 16384] if device.type == "cuda" else [2048, 4096])
     result: dict[str, Any] = {}
@@ -89,7 +90,7 @@ def task_peak(spec: dict[str, Any]) -> dict[str, Any]:
             deadline = time.perf_counter() + spec.get("warmup_s", 1.0)
             while time.perf_counter() < deadline:
                 a @ b
-            _sync(torch, device)
+            synchronize(device)
             r = timed(torch, device, lambda a=a, b=b: a @ b, warmup=0, steps=spec.get("reps", 7))
             flops = sorted(2 * n**3 / t for t in r["times"])
             per_size[n] = flops[len(flops) // 2]
@@ -156,6 +157,7 @@ def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
     """Worker side: build the model, take one step (forward, backward, AdamW) on one sequence."""
     import megabyte
     from megabyte.bench.rows import adamw, autocast
+    from megabyte.training.runtime import synchronize
 
     cfg = long_config(spec["kind"], spec["seq_len"], spec.get("quick", False))
     model = megabyte.build_model(cfg).to(device).train()
@@ -165,15 +167,17 @@ def long_step(spec: dict[str, Any], torch, device) -> dict[str, Any]:
                 module.gradient_checkpointing = True
     opt = adamw(model.parameters(), fused=True)
     x = torch.randint(0, 256, (1, spec["seq_len"]), device=device)
+    # Clocks read between synchronised points: the forward's time is its kernels', not their queueing.
+    synchronize(device)
     start = time.perf_counter()
     with autocast(device, spec.get("dtype", "bf16")):
         loss = model.loss(x).mean
+    synchronize(device)
     forward = time.perf_counter() - start
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return {"seconds": time.perf_counter() - start, "forward_s": forward, "loss": float(loss.detach()),
             "params": sum(p.numel() for p in model.parameters()), "peak_memory": peak_memory(torch, device),
             "config": cfg.to_dict()}
@@ -187,14 +191,32 @@ def task_long(spec: dict[str, Any]) -> dict[str, Any]:
 TASKS = {"peak": task_peak, "train": task_train, "generate": task_generate, "long": task_long}
 
 
+OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
+"""How a RuntimeError says that memory ran out: CUDA ("CUDA out of memory", "CUDA error: out of
+memory"), PyTorch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), C++'s bad_alloc."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` means that memory ran out: MemoryError, PyTorch's OutOfMemoryError, ENOMEM,
+    or a RuntimeError that says so (`OOM_TEXTS`). Nothing else is, even an error whose message
+    mentions memory ("CUDA error: an illegal memory access"): that is a bug to show, and treating
+    it as a full device would hide it (the batch search would call it the largest batch)."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOMEM
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in OOM_TEXTS)
+
+
 def describe_error(exc: BaseException) -> dict[str, Any]:
     """A failed measurement as a result: not installed, out of memory, or the error's first line."""
     if type(exc).__name__ == "NotInstalled":
         return {"error": "not installed", "not_installed": True, "detail": str(exc)}
-    text = str(exc).lower()
-    if isinstance(exc, MemoryError) or any(
-        s in text for s in ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "std::bad_alloc")
-    ):
+    if is_out_of_memory(exc):
         return {"error": "out of memory", "oom": True}
     return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "traceback": traceback.format_exc()[-3000:]}
 

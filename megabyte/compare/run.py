@@ -304,7 +304,7 @@ def probe_step_time(entry: Entry) -> float:
 
     from megabyte.model import build_model
     from megabyte.training.optim import build_optimizer
-    from megabyte.training.runtime import init_runtime
+    from megabyte.training.runtime import init_runtime, synchronize
 
     cfg, objective = entry.train_config, entry.objective
     runtime = init_runtime(cfg.device, cfg.precision)
@@ -324,19 +324,12 @@ def probe_step_time(entry: Entry) -> float:
 
     step()
     step()  # the first steps are slower (allocation, kernel selection)
-    _sync(runtime.device)
+    synchronize(runtime.device)
     start = time.perf_counter()
     for _ in range(PROBE_STEPS):
         step()
-    _sync(runtime.device)
+    synchronize(runtime.device)
     return (time.perf_counter() - start) / PROBE_STEPS
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -376,6 +369,7 @@ def generation_speed(entry: Entry, summary: dict, prompt: bytes, n_bytes: int, *
 
     import megabyte
     from megabyte.compare.subword import generate_tokens
+    from megabyte.training.runtime import synchronize
 
     model = megabyte.load(summary["checkpoint"], device=torch.device(summary["device"]))
     if entry.kind.units == "tokens":
@@ -386,10 +380,10 @@ def generation_speed(entry: Entry, summary: dict, prompt: bytes, n_bytes: int, *
                 warnings.simplefilter("ignore")  # sliding past max_seq_len is expected for small contexts
                 return len(megabyte.generate(model, prompt, n, temperature=1.0, seed=0))
     run(8)  # warm-up
-    _sync(next(model.parameters()).device)
+    synchronize(next(model.parameters()).device)
     start = time.perf_counter()
     produced = run(n_bytes)
-    _sync(next(model.parameters()).device)
+    synchronize(next(model.parameters()).device)
     seconds = time.perf_counter() - start
     return {"bytes": produced, "seconds": seconds, "bytes_per_s": produced / seconds if seconds else None,
             "prompt_bytes": len(prompt)}

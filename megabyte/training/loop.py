@@ -51,7 +51,7 @@ from megabyte.training.run import (
     schedule_notice,
     write_run_config,
 )
-from megabyte.training.runtime import Runtime, init_distributed
+from megabyte.training.runtime import Runtime, init_distributed, synchronize
 from megabyte.training.signals import stop_on_signals
 
 BUDGETS = ("max_steps", "max_time")
@@ -157,6 +157,11 @@ class Trainer:
         """One optimizer step: this process's micro-batches of the global batch, gradients
         averaged over processes, clipped, AdamW at the scheduled lr."""
         cfg, runtime = self.cfg, self.runtime
+        # The step's time runs between two synchronised points (`synchronize`): from the end of
+        # the work queued before it (evaluation, the last step) to the end of its own kernels,
+        # not to the moment they were queued. The cost is one wait per step: the device idles
+        # while the next step's first kernels are queued, little against a step's work.
+        synchronize(runtime.device)
         start = time.monotonic()
         lr = lr_at(cfg, self.state.step, self._schedule_clock())
         for group in self.optimizer.param_groups:
@@ -186,6 +191,7 @@ class Trainer:
         # Every process's step covers as many bytes (bytes: equal shares; tokens: one process).
         self.state.bytes_seen += step_bytes * runtime.world_size
         self.lr = lr
+        synchronize(runtime.device)
         seconds = time.monotonic() - start
         self._interval["bytes"] += step_bytes
         self._interval["steps"] += 1

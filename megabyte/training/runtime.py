@@ -182,6 +182,18 @@ def group_threads() -> list[str]:
     return names
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait until the work queued on `device` has run. A GPU runs kernels after the Python call
+    that queued them returns, so a clock read without this counts the queueing, and the queued
+    work lands in whatever waits next (logging, evaluation). Every timing reads its clock
+    between two of these. Nothing to wait for on the CPU: its operations end before they return."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """A single process: rank 0 of 1."""
     resolved = resolve_device(device)
