@@ -304,7 +304,7 @@ def probe_step_time(entry: Entry) -> float:
 
     from megabyte.model import build_model
     from megabyte.training.optim import build_optimizer
-    from megabyte.training.runtime import init_runtime, synchronize
+    from megabyte.training.runtime import init_runtime, synchronize, float32_products
 
     cfg, objective = entry.train_config, entry.objective
     runtime = init_runtime(cfg.device, cfg.precision)
@@ -322,13 +322,14 @@ def probe_step_time(entry: Entry) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    step()  # the first steps are slower (allocation, kernel selection)
-    synchronize(runtime.device)
-    start = time.perf_counter()
-    for _ in range(PROBE_STEPS):
+    with float32_products(runtime.device, tf32=cfg.tf32):  # the products the run's steps will use
         step()
-    synchronize(runtime.device)
+        step()  # the first steps are slower (allocation, kernel selection)
+        synchronize(runtime.device)
+        start = time.perf_counter()
+        for _ in range(PROBE_STEPS):
+            step()
+        synchronize(runtime.device)
     return (time.perf_counter() - start) / PROBE_STEPS
 
 

@@ -51,7 +51,7 @@ from megabyte.training.run import (
     schedule_notice,
     write_run_config,
 )
-from megabyte.training.runtime import Runtime, init_distributed, synchronize
+from megabyte.training.runtime import Runtime, init_distributed, synchronize, float32_products
 from megabyte.training.signals import stop_on_signals
 
 BUDGETS = ("max_steps", "max_time")
@@ -415,6 +415,7 @@ class Trainer:
         )
         say(f"{self.model_config.model_type}: {human(params)} parameters on {rt.device} "
             f"({'bf16 autocast' if rt.precision == 'bf16' else 'fp32'}"
+            f"{', tf32 products' if cfg.tf32 and rt.device.type == 'cuda' else ''}"
             f"{', compiled' if cfg.compile else ''}); {self.objective.describe()}")
         say(f"{cfg.batch_size} x {cfg.grad_accum} x {cfg.seq_len} {self.objective.unit} per step; budget {budget}; "
             f"run directory {self.run_dir}")
@@ -548,8 +549,9 @@ def train(
     runtime = init_distributed(train_config.device, train_config.precision, parallel=train_config.parallel,
                                timeout=train_config.dist_timeout)
     try:
-        return _run(runtime, train_config, model_config, objective, out_dir, checkpoint, preset=preset,
-                    progress=progress, hints=hints)
+        with float32_products(runtime.device, tf32=train_config.tf32):
+            return _run(runtime, train_config, model_config, objective, out_dir, checkpoint, preset=preset,
+                        progress=progress, hints=hints)
     except BaseException as exc:
         # The failed run's frames hold the trainer, and through its DDP or FSDP model the process
         # group: let them go, so that `close` below can end the group's threads.

@@ -194,6 +194,28 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
+@contextlib.contextmanager
+def float32_products(device: torch.device, *, tf32: bool):
+    """Within this context, on CUDA, fp32 matrix products and cuDNN convolutions use TF32 if
+    `tf32` and full fp32 otherwise (`TrainConfig.tf32`). The switches are process-wide, so the
+    ones before are restored on leaving. The CPU and MPS have no TF32: nothing changes there."""
+    if device.type != "cuda":
+        yield
+        return
+    # The `allow_tf32` switches, not PyTorch 2.9's per-backend `fp32_precision`: torch.compile
+    # reads `torch.get_float32_matmul_precision()`, which raises once the new switch has been set
+    # (PyTorch 2.13), and reads the old ones correctly.
+    switches = [(torch.backends.cuda.matmul, "allow_tf32", tf32), (torch.backends.cudnn, "allow_tf32", tf32)]
+    before = [getattr(owner, name) for owner, name, _ in switches]
+    for owner, name, value in switches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(switches, before):
+            setattr(owner, name, value)
+
+
 def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """A single process: rank 0 of 1."""
     resolved = resolve_device(device)
