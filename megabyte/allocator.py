@@ -10,8 +10,14 @@ the heap kept; the reference MEGABYTE training step at 8,192 bytes was ~15% fast
 `tune()` asks glibc (`mallopt`) to serve every block from its heap and never to shrink the
 heap: the memory of one step is reused by the next. Peak memory stays that of one step; the
 process just does not give it back between steps. It is a no-op where the C library is not
-glibc. `megabyte` commands call it on start; set `MEGABYTE_MALLOC=default` to leave the C
-library's settings alone. Python users call it themselves if they want it.
+glibc. Set `MEGABYTE_MALLOC=default` to leave the C library's settings alone.
+
+It is for host memory doing the work: CPU runs only. A GPU run's large tensors live in GPU
+memory, so there is nothing for the heap to reuse, and a heap that never shrinks would keep the
+run's largest host allocations (the weights read at start, a checkpoint gathered on rank 0) for
+the rest of the run. So `megabyte` commands `request()` it on start, and the device resolution
+(`megabyte.training.runtime.resolve_device`) applies it through `tune_for(device)`, on the CPU
+only. Python users call `tune()` themselves if they want it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _done: bool | None = None
+_requested = False
 
 
 def tune() -> bool:
@@ -43,3 +50,19 @@ def tune() -> bool:
     # mallopt returns 1 on success. Trimming is disabled first so that the heap never shrinks.
     _done = bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_MMAP_MAX, 0))
     return _done
+
+
+def request() -> None:
+    """Ask for `tune()` once this process's device is known to be the CPU (`tune_for`): what the
+    command line does on start, before any command has resolved its device."""
+    global _requested
+    _requested = True
+
+
+def tune_for(device) -> bool:
+    """`tune()` if it was requested and `device` (a torch.device or its name) is the CPU; for any
+    other device, nothing (see the module docstring). Returns whether the heap is tuned now."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    if not _requested or kind != "cpu":
+        return bool(_done)
+    return tune()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from megabyte import allocator
 
-    allocator.tune()  # large CPU tensors reuse the heap instead of fresh pages every step
+    allocator.request()  # CPU runs: large tensors reuse the heap instead of fresh pages every step
     try:
         code = int(args.func(args) or 0)
     except MegabyteError as exc:

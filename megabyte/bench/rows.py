@@ -14,8 +14,8 @@ They are imported only here, lazily: without them their rows say "not installed"
 
 A row name may carry options after slashes: `megabyte/fp32/eager` is our MEGABYTE in fp32
 without `torch.compile`, whatever `--dtype` and `--compile` say for the other rows.
-`heap` / `malloc` switch the allocator setting that every `megabyte` command applies
-(`megabyte.allocator`): our rows have it, the other implementations do not, as their users
+`heap` / `malloc` switch the allocator setting that every `megabyte` command applies on the
+CPU (`megabyte.allocator`): our rows have it, the other implementations do not, as their users
 run them; `megabyte-pytorch/heap` shows what it would give them.
 """
 
@@ -61,7 +61,7 @@ class RowSpec:
     compile: bool
     heap: bool = False
     """Whether the row's process keeps large blocks in the heap (`megabyte.allocator.tune`), as
-    every `megabyte` command does: on for our rows, off for the other implementations."""
+    every `megabyte` command does on the CPU: on for our rows, off for the other implementations."""
 
     @classmethod
     def parse(cls, text: str, *, dtype: str, compile: bool, external_dtype: str) -> RowSpec:

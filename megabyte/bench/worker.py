@@ -25,11 +25,13 @@ RESULT_MARK = "BENCH-RESULT "
 
 def _setup(spec: dict[str, Any]):
     # The allocator setting of the `megabyte` commands: for our rows (see RowSpec.heap) and for
-    # the matrix-product peak (the hardware's best, the denominator of every row's MFU).
+    # the matrix-product peak (the hardware's best, the denominator of every row's MFU); as
+    # there, on the CPU only.
     if spec.get("row", {}).get("heap") or spec["task"] == "peak":
         from megabyte import allocator
 
-        allocator.tune()
+        allocator.request()
+        allocator.tune_for(spec.get("device", "cpu"))
     limit = spec.get("mem_limit_gb")
     if limit and spec.get("device", "cpu") == "cpu":
         cap = int(limit * 2**30)

@@ -63,13 +63,10 @@ def read_data_meta(checkpoint: Path) -> dict:
 
 
 def pick_device(name: str) -> str:
-    import torch
+    """--device resolved as training resolves it (`runtime.resolve_device`, CPU allocator tuning included)."""
+    from megabyte.training.runtime import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MegabyteError("--device cuda: no CUDA device is available")
-    return name
+    return str(resolve_device(name))
 
 
 def run(args: argparse.Namespace) -> int:

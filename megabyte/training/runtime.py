@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from megabyte import allocator
 from megabyte.errors import MegabyteError
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -280,16 +281,21 @@ def resolve_distributed_device(name: str, local_rank: int) -> torch.device:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` stands for ("auto": CUDA if there is one). The CPU allocator tuning the
+    command line asked for (`megabyte.allocator`) applies here, once the device is known: on the
+    CPU only."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MegabyteError(f"device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise MegabyteError(f"device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MegabyteError(f"device {name} requested but CUDA is not available")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise MegabyteError(f"device {name} requested but MPS is not available")
+    allocator.tune_for(device)
     return device
 
 
