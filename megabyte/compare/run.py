@@ -304,7 +304,7 @@ def probe_step_time(entry: Entry) -> float:
 
     from megabyte.model import build_model
     from megabyte.training.optim import build_optimizer
-    from megabyte.training.runtime import init_runtime, synchronize, float32_products
+    from megabyte.training.runtime import float32_products, init_runtime, synchronize
 
     cfg, objective = entry.train_config, entry.objective
     runtime = init_runtime(cfg.device, cfg.precision)

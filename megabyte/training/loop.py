@@ -51,7 +51,7 @@ from megabyte.training.run import (
     schedule_notice,
     write_run_config,
 )
-from megabyte.training.runtime import Runtime, init_distributed, synchronize, float32_products
+from megabyte.training.runtime import Runtime, float32_products, init_distributed, synchronize
 from megabyte.training.signals import stop_on_signals
 
 BUDGETS = ("max_steps", "max_time")
