@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"data": Path(data).name, "batch": batch, "unigram": unigram, **r}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print(f"\n| kind | data | batch | steps | lr | val bpb | unigram | below unigram by | loss spikes | train s |")
+    print("\n| kind | data | batch | steps | lr | val bpb | unigram | below unigram by | loss spikes | train s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:

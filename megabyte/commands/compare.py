@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "the first fifth of the run, scored on held-back training bytes; off: the preset's for all")
     p.add_argument("--lr-grid", metavar="LRS", type=_grid,
                    help="comma-separated learning rates to try (default: 1/4, 1/2, 1 and 2 times the preset's)")
+    p.add_argument("--entropy-model", metavar="RUN",
+                   help="megabyte-entropy's entropy model (megabyte train --preset entropy); naming it adds "
+                   "megabyte-entropy to the default models")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size, eval_bytes=args.eval_bytes, gen_bytes=args.gen_bytes, device=args.device,
         precision=args.precision, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
         progress=not args.no_progress, lr_sweep=args.lr_sweep == "on", lr_grid=args.lr_grid,
+        entropy_model=args.entropy_model,
         command=_command(args, out),
     )
     print(Path(out, "compare.md").read_text(encoding="utf-8"))
@@ -101,12 +105,13 @@ def _command(args: argparse.Namespace, out: str) -> str:
     """The command line that reproduces this comparison, as recorded in its report."""
     parts = ["megabyte", "compare", "--data", args.data]
     for flag, value, default in (("--models", args.models, None), ("--budget", args.budget, None),
-                                 ("--flops", args.flops, None), ("--steps", args.steps, None), ("--preset", args.preset, "small"),
+                                 ("--flops", args.flops, None), ("--steps", args.steps, None),
+                                 ("--preset", args.preset, "small"),
                                  ("--vocab-size", args.vocab_size, 4096), ("--eval-bytes", args.eval_bytes, None),
                                  ("--gen-bytes", args.gen_bytes, 256), ("--device", args.device, "auto"),
                                  ("--precision", args.precision, None), ("--batch-size", args.batch_size, None),
                                  ("--threads", args.threads, None), ("--seed", args.seed, 0),
-                                 ("--lr-sweep", args.lr_sweep, "on"),
+                                 ("--lr-sweep", args.lr_sweep, "on"), ("--entropy-model", args.entropy_model, None),
                                  ("--lr-grid", ",".join(f"{v:g}" for v in args.lr_grid) if args.lr_grid else None,
                                   None)):
         if value is not None and value != default:

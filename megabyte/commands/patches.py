@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("patches", help="show where patches end on some text, and their lengths",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="a MEGABYTE run or checkpoint directory: its rule and patch size")
-    p.add_argument("--rule", choices=("fixed", "space"), help="the rule, without a run (default space)")
+    p.add_argument("--rule", choices=("fixed", "space"),
+                   help="the rule, without a run (default space; entropy patches need their run's entropy model)")
     p.add_argument("--max-len", type=int, help="without a run: the longest patch P_max (default 16)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="text to cut (UTF-8)")
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
 
 
 def patch_config(args):
-    """The config whose rule is shown: the run's, or one made from --rule / --max-len."""
+    """The config whose rule is shown (the run's, or one made from --rule / --max-len), and for
+    entropy patches the run's model (its entropy model decides)."""
     import megabyte
 
     if args.run:
@@ -52,28 +54,34 @@ def patch_config(args):
         config = read_config(resolve_checkpoint(Path(args.run)))
         if not hasattr(config, "patching"):
             raise MegabyteError(f"{args.run}: a {config.model_type} model has no patches")
-        return config
+        return config, (megabyte.load(args.run) if config.patching == "entropy" else None)
     size = args.max_len or 16
     if size < 1:
         raise MegabyteError(f"--max-len must be >= 1, got {size}")
     return megabyte.MegabyteConfig(patch_sizes=(size,), dims=(size, size), depths=(1, 1), heads=(1, 1),
-                                   patching=args.rule or "space", max_seq_len=max(size, args.window or 1024))
+                                   patching=args.rule or "space", max_seq_len=max(size, args.window or 1024)), None
 
 
-def starts_of(config, data: bytes):
-    """(T,) bool: the patch starts of `data`, windows of the config's context each on their own."""
+def starts_of(config, data: bytes, model=None):
+    """(T,) bool: the patch starts of `data`, windows of the config's context each on their own
+    (as the model `model` cuts them, when given), and for entropy patches every byte's H_t."""
     import torch
 
-    from megabyte.model.patching import patch_starts
+    from megabyte.model.dynamic import layout_of
 
     x = torch.tensor(list(data), dtype=torch.long)
     if not config.dynamic:
         S = config.sub_sizes[0]
-        return torch.arange(len(data)) % S == 0
+        return torch.arange(len(data)) % S == 0, None
     window = config.max_seq_len
-    out = [patch_starts(x[i : i + window][None], config.patching, config.patch_sizes[0])[0]
-           for i in range(0, len(data), window)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    pieces = [x[i : i + window][None] for i in range(0, len(data), window)]
+    out = [layout_of(model or config, w).offset[0] == 0 for w in pieces]
+    entropy = None
+    if config.patching == "entropy":
+        from megabyte.model.entropy import entropies
+
+        entropy = torch.cat([entropies(model.entropy_model, w)[0] for w in pieces])
+    return (torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)), entropy
 
 
 def marked(data: bytes, starts) -> str:
@@ -90,15 +98,17 @@ def histogram(counts: list[int], width: int = 40) -> list[str]:
 
 
 def run(args) -> int:
-    config = patch_config(args)
+    config, model = patch_config(args)
     if args.window:
         import dataclasses
 
         if args.window < 1:
             raise MegabyteError(f"--window must be >= 1, got {args.window}")
+        if model is not None and args.window > config.max_seq_len:
+            raise MegabyteError(f"--window {args.window} is longer than the run's context ({config.max_seq_len})")
         config = dataclasses.replace(config, max_seq_len=args.window)
     if args.data is not None:
-        return _dataset_stats(config, args.data)
+        return _dataset_stats(config, args.data, model)
     if args.file is not None:
         try:
             data = args.file.read_bytes()
@@ -108,7 +118,7 @@ def run(args) -> int:
         data = args.text.encode("utf-8")
     if not data:
         raise MegabyteError("no bytes to cut")
-    starts = starts_of(config, data)
+    starts, entropy = starts_of(config, data, model)
     shown = data[: args.show]
     print(marked(shown, starts[: len(shown)]))
     if len(data) > len(shown):
@@ -117,7 +127,11 @@ def run(args) -> int:
     if args.png:
         from megabyte.atomic import atomic_write_bytes
 
-        atomic_write_bytes(args.png, draw_png(shown, starts[: len(shown)], title=describe_rule(config)))
+        atomic_write_bytes(args.png, draw_png(
+            shown, starts[: len(shown)], title=describe_rule(config),
+            entropy=None if entropy is None else entropy[: len(shown)],
+            threshold=config.patch_threshold if entropy is not None else None,
+            relative=config.patch_relative))
         print(f"wrote {args.png}")
     return 0
 
@@ -125,7 +139,11 @@ def run(args) -> int:
 def describe_rule(config) -> str:
     if not config.dynamic:
         return f"fixed patches of {config.sub_sizes[0]} bytes"
-    return f"{config.patching} patches of at most {config.patch_sizes[0]} bytes"
+    rule = f"{config.patching} patches of at most {config.patch_sizes[0]} bytes"
+    if config.patching == "entropy":
+        score = "H_t - H_t-1" if config.patch_relative else "H_t"
+        rule += f" ({score} > {config.patch_threshold:.3f} nats)"
+    return rule
 
 
 def _print_summary(config, data: bytes, starts) -> None:
@@ -139,7 +157,7 @@ def _print_summary(config, data: bytes, starts) -> None:
     print("\n".join(histogram(torch.bincount(lengths)[1:].tolist())))
 
 
-def _dataset_stats(config, directory: Path) -> int:
+def _dataset_stats(config, directory: Path, model=None) -> int:
     import torch
 
     from megabyte.data.dataset import even_windows, load_dataset
@@ -151,7 +169,7 @@ def _dataset_stats(config, directory: Path) -> int:
     windows = torch.from_numpy(even_windows(load_dataset(directory).split("train"), T, 1024))
     if not len(windows):
         raise MegabyteError(f"{directory}: the train split is shorter than one window of {T} bytes")
-    s = patch_stats(config, windows)
+    s = patch_stats(model or config, windows)
     print(f"{describe_rule(config)} on {s['rows']:,} windows of {T:,} bytes of {directory} (train split):")
     print(f"  {s['mean_bytes']:.2f} bytes per patch; {s['patches_per_row_mean']:.1f} patches per window "
           f"(at most {s['patches_per_row_max']}); cap {s['cap']} global positions per window: "
@@ -160,8 +178,11 @@ def _dataset_stats(config, directory: Path) -> int:
     return 0
 
 
-def draw_png(data: bytes, starts, *, title: str, columns: int = 80) -> bytes:
-    """The text in a monospaced grid, each patch on its own colour (alternating), as PNG bytes."""
+def draw_png(data: bytes, starts, *, title: str, columns: int = 80, entropy=None, threshold: float | None = None,
+             relative: bool = False) -> bytes:
+    """The text in a monospaced grid, each patch on its own colour (alternating), as PNG bytes;
+    with `entropy` (every byte's H_t) a second panel above it: H_t (or its rise, `relative`)
+    byte by byte, the threshold line and a mark at every patch start."""
     import io
 
     import matplotlib
@@ -184,7 +205,13 @@ def draw_png(data: bytes, starts, *, title: str, columns: int = 80) -> bytes:
         if col >= columns:
             row, col = row + 1, 0
     rows = row + 1
-    fig, ax = plt.subplots(figsize=(columns * 0.11 + 0.4, rows * 0.22 + 0.7))
+    size = (columns * 0.11 + 0.4, rows * 0.22 + 0.7)
+    if entropy is None:
+        fig, ax = plt.subplots(figsize=size)
+    else:
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(size[0], size[1] + 2.2),
+                                      gridspec_kw={"height_ratios": [2.2, size[1]], "hspace": 0.45})
+        _draw_entropy(top, data, starts, entropy, threshold, relative)
     for r, c, ch, k in cells:
         ax.add_patch(Rectangle((c, -r - 1), 1, 1, facecolor=colours[k % len(colours)], edgecolor="none"))
         ax.text(c + 0.5, -r - 0.5, ch, ha="center", va="center", family="monospace", fontsize=7)
@@ -196,3 +223,21 @@ def draw_png(data: bytes, starts, *, title: str, columns: int = 80) -> bytes:
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _draw_entropy(ax, data: bytes, starts, entropy, threshold: float | None, relative: bool) -> None:
+    """Each byte's entropy (nats) as a line, the threshold, and a dot at each patch start."""
+    import numpy as np
+
+    H = np.asarray(entropy, dtype=float)
+    score = np.concatenate([[0.0], H[1:] - H[:-1]]) if relative else H
+    t = np.arange(len(H))
+    ax.plot(t, score, color="#3d6fb6", linewidth=0.8, label="H_t - H_t-1" if relative else "H_t (nats)")
+    begins = np.asarray(starts, dtype=bool)
+    ax.scatter(t[begins], score[begins], s=8, color="#c0392b", zorder=3, label="a patch starts")
+    if threshold is not None:
+        ax.axhline(threshold, color="#555555", linestyle="--", linewidth=0.8, label=f"theta = {threshold:.3f}")
+    ax.set_xlim(-0.5, len(H) - 0.5)
+    ax.set_xlabel("byte", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, loc="upper right", ncol=3)

@@ -183,9 +183,9 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
     else:
         if not args.data:
             raise MegabyteError("--data DIR is required (a dataset made by `megabyte prepare`)")
-        kind = kind or "megabyte"
         preset_name = preset_name or DEFAULT_PRESET
         preset = get_preset(preset_name)
+        kind = kind or preset.kind
         model_fields, train_fields = preset.model_fields(kind), dict(preset.train)
         data_dir = args.data
     model_cls = config_class(kind)

@@ -9,9 +9,13 @@ from megabyte.model.flops import FlopCount
 
 
 def stage_summary(count: FlopCount) -> str:
-    """`global 31% + local 52% + head 17%`: where a model's training FLOPs go."""
+    """`global 31% + local 52% + head 17%`: where a model's training FLOPs go (with entropy
+    patches, `+ entropy model (forward) 20%` too)."""
     total = count.total or 1
-    return " + ".join(f"{p.name} {100 * p.flops / total:.0f}%" for p in count.parts)
+    parts = [f"{p.name} {100 * p.flops / total:.0f}%" for p in count.parts]
+    if count.frozen:
+        parts.append(f"entropy model (forward) {100 * count.frozen_flops / total:.0f}%")
+    return " + ".join(parts)
 
 
 def human_flops(n: float) -> str:

@@ -86,6 +86,9 @@ class CompareConfig:
     """Tune each model's peak learning rate (a sweep on held-back training bytes) before training it."""
     lr_grid: tuple[float, ...] | None = None
     """The learning rates the sweep tries (default: `GRID` times the preset's)."""
+    entropy_model: str | None = None
+    """The entropy model of `megabyte-entropy` (a run or model directory, `megabyte train --preset
+    entropy`); its threshold is calibrated on the training split to the preset's patch target."""
 
     def __post_init__(self) -> None:
         if self.lr_grid is not None:
@@ -135,13 +138,15 @@ class Entry:
 
 
 # ------------------------------------------------------------------------------------ arguments
-def parse_models(text: str | list[str] | None, modality: str) -> tuple[list[str], list[dict[str, str]]]:
+def parse_models(text: str | list[str] | None, modality: str,
+                 also: tuple[str, ...] = ()) -> tuple[list[str], list[dict[str, str]]]:
     """The models to run and the ones skipped (with why). A token kind (the subword baseline) on
     non-text data is an error when asked for by name, and skipped with a note when it comes from
-    the default list (every registered kind)."""
+    the default list (every registered kind `by_default`, and the kinds in `also`)."""
     known = kind_names()
     explicit = text is not None
-    names = known if text is None else [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = ([k for k in known if get_kind(k).by_default or k in also] if text is None
+             else [m.strip() for m in (text.split(",") if isinstance(text, str) else text)])
     names = [m for m in names if m]
     unknown = [m for m in names if m not in known]
     if unknown:
@@ -191,7 +196,8 @@ def parse_budget(budget: str | float | None, flops: str | float | None,
 
 # ------------------------------------------------------------------------------------ planning
 def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, device: str = "auto",
-                 precision: str | None = None, batch_size: int | None = None) -> list[Entry]:
+                 precision: str | None = None, batch_size: int | None = None,
+                 entropy_model: str | None = None) -> list[Entry]:
     """Model and training configs for every model, from `preset`, fitted to the data."""
     from megabyte.training.config import TrainConfig
 
@@ -205,7 +211,7 @@ def plan_entries(names: list[str], data, preset, *, tokens=None, seed: int = 0, 
     entries = []
     for name in names:
         kind, notes = get_kind(name), []
-        model_config, objective = _model_and_objective(kind, preset, data, tokens, notes)
+        model_config, objective = _model_and_objective(kind, preset, data, tokens, notes, entropy_model)
         seq_len = data.item_len if kind.units == "bytes" and data.item_len else model_config.max_seq_len
         cfg = TrainConfig(**{**train_fields, "seq_len": seq_len})
         if cfg.dropout is not None:
@@ -223,7 +229,8 @@ PATCH_SAMPLE_ROWS = 256
 
 def entry_flops(model_config, seq_len: int, data, batch: int, notes: list[str]) -> tuple[FlopCount, dict | None]:
     """FLOPs of one training sequence, and for dynamic patches what they were measured on: the
-    mean over training steps of `batch` windows, evenly spaced over the train split."""
+    mean over training steps of `batch` windows, evenly spaced over the train split (entropy
+    patches: cut by the entropy model, whose forward pass is counted as a frozen part)."""
     if not getattr(model_config, "dynamic", False):
         return training_flops(model_config, seq_len), None
     import torch
@@ -235,15 +242,26 @@ def entry_flops(model_config, seq_len: int, data, batch: int, notes: list[str]) 
     windows = torch.from_numpy(even_windows(data.split("train"), seq_len, PATCH_SAMPLE_ROWS))
     if not len(windows):
         raise MegabyteError(f"the train split is shorter than one {seq_len}-byte window")
-    stats = patch_stats(model_config, windows)
+    source, starts = model_config, None
+    if model_config.patching == "entropy":
+        from megabyte.model import build_model
+
+        source = build_model(model_config)
+        source.load_frozen()
+        starts = source.patch_starts(windows.long())
+    stats = patch_stats(source, windows, starts)
     notes.append(f"{stats['rule']} patches on {len(windows)} training windows: {stats['mean_bytes']:.2f} bytes per "
                  f"patch, {stats['patches_per_row_mean']:.0f} (at most {stats['patches_per_row_max']}) per "
                  f"{seq_len}-byte window, {100 * stats['share_past_cap']:.2f}% of bytes past the "
                  f"{stats['cap']}-patch cap; FLOPs per step are the mean measured on them")
-    return mean_flops(model_config, windows, batch), stats
+    flops = mean_flops(model_config, windows, batch, starts=starts)
+    if flops.frozen:
+        notes.append(f"the entropy model's forward pass is {100 * flops.frozen_flops / flops.total:.1f}% of the FLOPs "
+                     "per step (counted in the budget: training reads every byte through it)")
+    return flops, stats
 
 
-def _model_and_objective(kind: ModelKind, preset, data, tokens, notes: list[str]):
+def _model_and_objective(kind: ModelKind, preset, data, tokens, notes: list[str], entropy_model: str | None = None):
     """The kind's model config in `preset`, met to the data, and what it trains on."""
     from megabyte.training.objective import ByteObjective
 
@@ -251,7 +269,13 @@ def _model_and_objective(kind: ModelKind, preset, data, tokens, notes: list[str]
         from megabyte.compare.subword import TokenObjective
 
         return _token_config(kind, preset, tokens, notes), TokenObjective(tokens, data.meta, str(data.directory))
-    model_config, fitted = fit_to_data(preset.model_config(kind.name), data)
+    fields = preset.model_fields(kind.name)
+    if fields.get("patching") == "entropy":
+        if entropy_model is None:
+            raise MegabyteError(f"{kind.name} needs its entropy model: --entropy-model RUN "
+                                "(train one with: megabyte train --preset entropy --data DIR --out RUN)")
+        fields["entropy_model"] = entropy_model
+    model_config, fitted = fit_to_data(kind.config_class(**fields), data)
     notes += fitted
     return model_config, ByteObjective(data)
 
@@ -309,7 +333,9 @@ def probe_step_time(entry: Entry) -> float:
     cfg, objective = entry.train_config, entry.objective
     runtime = init_runtime(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
-    model = build_model(entry.model_config).to(runtime.device).train()
+    model = build_model(entry.model_config)
+    model.load_frozen()  # entropy patches: the real entropy model decides what a step computes
+    model = model.to(runtime.device).train()
     optimizer = build_optimizer(model, cfg, runtime.device)
     sampler = objective.sampler(cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
 
@@ -451,13 +477,15 @@ def run_comparison(config: CompareConfig, say=print) -> dict[str, Any]:
     from megabyte.training.presets import get_preset
 
     data = open_data(config.data_dir)
-    names, skipped = parse_models(config.models, data.modality)
+    names, skipped = parse_models(config.models, data.modality,
+                                  also=("megabyte-entropy",) if config.entropy_model else ())
     preset = get_preset(config.preset)
     make_runs_dir(config.out_dir)
     setup: dict[str, Any] = {}
     tokens = token_data(data, config, setup, say) if any(get_kind(n).units == "tokens" for n in names) else None
     entries = plan_entries(names, data, preset, tokens=tokens, seed=config.seed, device=config.device,
-                           precision=config.precision, batch_size=config.batch_size)
+                           precision=config.precision, batch_size=config.batch_size,
+                           entropy_model=config.entropy_model)
     for entry in entries:
         fit_budget(entry, config.limits, probe_step_time)
         shown = f", {entry.step_seconds * 1e3:.0f} ms/step measured" if entry.step_seconds else ""

@@ -132,6 +132,10 @@ class ByteModel(nn.Module):
     def num_parameters(self) -> dict[str, int]:
         return {"total": sum(p.numel() for p in self.parameters())}
 
+    def load_frozen(self) -> None:
+        """A fresh training run: load the parts that are not trained from where the config says
+        (the entropy model of an entropy-patched MEGABYTE); nothing for most models."""
+
     def save_pretrained(self, directory) -> None:
         """Write `model.safetensors` and `config.json` into `directory` (atomically, file by file)."""
         from megabyte.model.weights import save_pretrained

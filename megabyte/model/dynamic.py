@@ -28,14 +28,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from megabyte.errors import MegabyteError
 from megabyte.model.base import ByteBuffer
 from megabyte.model.layers import KVCache, RowKVCache, Window
 from megabyte.model.patching import PatchLayout, patch_starts, starts_next
 
 
-def layout_of(cfg, x: Tensor) -> PatchLayout:
-    """Patch layout of bytes `x` (B, T) under a config's rule and P_max."""
-    return PatchLayout.of(patch_starts(x.long(), cfg.patching, cfg.patch_sizes[0]))
+def layout_of(source, x: Tensor, starts: Tensor | None = None) -> PatchLayout:
+    """Patch layout of bytes `x` (B, T): of the patch `starts` given, else as the model `source`
+    cuts them (`Megabyte.patch_starts`), or a config's rule and P_max (not for entropy patches,
+    which need the entropy model)."""
+    if starts is None:
+        if hasattr(source, "patch_starts"):
+            starts = source.patch_starts(x.long())
+        elif source.patching == "entropy":
+            raise MegabyteError("entropy patches depend on the entropy model: pass the model or the patch starts")
+        else:
+            starts = patch_starts(x.long(), source.patching, source.patch_sizes[0])
+    return PatchLayout.of(starts)
 
 
 def window_width(cfg) -> int:
@@ -77,7 +87,7 @@ def run_stages(model, x: Tensor, captures: list | None = None) -> list[Tensor]:
     """Both stages over bytes x (B, T): [global outputs (B, K, D0), local outputs (B, T, D1)]."""
     cfg = model.config
     g, loc = model.stages
-    lay = layout_of(model.config, x)
+    lay = layout_of(model, x)
     K = min(int(lay.count.max()), cfg.patch_cap)
     gout = g.transformer(global_inputs(g, byte_embeddings(g, x), lay, K),
                          caches=None if captures is None else captures[0])
@@ -101,6 +111,10 @@ class DynamicState:
     """(B,) long: first byte of each row's current patch."""
     count: Tensor
     """(B,) long: patches so far per row (the current one included)."""
+    entropy_state: Any = None
+    """Entropy patches: the entropy model's own decoding state, one byte behind the buffer."""
+    entropy: Tensor | None = None
+    """Entropy patches: (B,) H of the byte to predict next (from the entropy model's logits)."""
 
 
 class _GlobalCapture:
@@ -135,7 +149,7 @@ def start_decoding(model, prompt: Tensor) -> tuple[Tensor, DynamicState]:
     ref = model.head.weight
     g, loc = model.stages
     x = buf.window(0, L + 1)
-    lay = layout_of(model.config, x)
+    lay = layout_of(model, x)
     here = lay.patch[:, L]  # the patch of the byte to predict
     W = window_width(cfg)
     gcaches = g.transformer.new_caches(B, cfg.patch_cap, device=ref.device, dtype=ref.dtype, cls=RowKVCache)
@@ -147,6 +161,11 @@ def start_decoding(model, prompt: Tensor) -> tuple[Tensor, DynamicState]:
     current = torch.where((here < gout.shape[1])[:, None], gout[rows, here.clamp(max=gout.shape[1] - 1)],
                           gout.new_zeros(B, gout.shape[2]))
     state = DynamicState(buf, gcaches, lcaches, current, lay.start[:, L].clone(), here + 1)
+    if cfg.patching == "entropy":
+        from megabyte.model.entropy import entropy_of
+
+        logits, state.entropy_state = model.entropy_model.start_decoding(prompt)
+        state.entropy = entropy_of(logits)
     return model.head(h[:, L]), state
 
 
@@ -161,7 +180,15 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
         raise ValueError(f"reached the model's max_seq_len ({cfg.max_seq_len} bytes)")
     loc = model.stages[1]
     P = cfg.patch_sizes[0]
-    new = starts_next(buf.data, t, state.start, cfg.patching, P)
+    if cfg.patching == "entropy":
+        from megabyte.model.entropy import entropy_of
+
+        previous = state.entropy
+        state.entropy = entropy_of(model.entropy_model.continue_decoding(state.entropy_state, next_bytes))
+        new = starts_next(buf.data, t, state.start, "entropy", P, entropy=state.entropy, previous=previous,
+                          threshold=model.threshold, relative=cfg.patch_relative)
+    else:
+        new = starts_next(buf.data, t, state.start, cfg.patching, P)
     if bool(new.any()):
         _close_patches(model, state, new, t)
     offset = t - state.start  # (B,)
@@ -199,11 +226,12 @@ def _close_patches(model, state: DynamicState, new: Tensor, t: int) -> None:
     state.count = state.count + new.long()
 
 
-def patch_stats(cfg, windows: Tensor) -> dict[str, Any]:
-    """How a dynamic config cuts the byte rows `windows` (N, T), each on its own as in training:
-    mean bytes per patch, patches per row, the share of bytes past `patch_cap`, and how many
-    patches have each length (1 .. P_max)."""
-    lay = layout_of(cfg, windows)
+def patch_stats(source, windows: Tensor, starts: Tensor | None = None) -> dict[str, Any]:
+    """How a dynamic model (or config: `layout_of`) cuts the byte rows `windows` (N, T), each on
+    its own as in training: mean bytes per patch, patches per row, the share of bytes past
+    `patch_cap`, and how many patches have each length (1 .. P_max)."""
+    cfg = getattr(source, "config", source)
+    lay = layout_of(source, windows, starts)
     lengths = lay.lengths()
     past = float((lay.patch >= cfg.patch_cap).float().mean())
     hist = torch.bincount(lengths, minlength=cfg.patch_sizes[0] + 1)[1:].tolist()

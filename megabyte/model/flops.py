@@ -67,14 +67,27 @@ class Part:
 
 @dataclass(frozen=True)
 class FlopCount:
-    """Training FLOPs (forward + backward) of one sequence of `seq_len` positions."""
+    """Training FLOPs (forward + backward) of one sequence of `seq_len` positions; with a frozen
+    part (the entropy model of entropy patches) its forward passes too, counted apart."""
 
     seq_len: int
     parts: tuple[Part, ...]
+    frozen: tuple[Part, ...] = ()
+    """Parts that run forward only (a third of a part's training FLOPs): the entropy model."""
+
+    @property
+    def trained(self) -> int:
+        """FLOPs of the trained parts (forward + backward)."""
+        return sum(p.flops for p in self.parts)
+
+    @property
+    def frozen_flops(self) -> int:
+        """Forward FLOPs of the frozen parts (2 x weights x positions + 4 x width x layers x pairs)."""
+        return sum(p.flops for p in self.frozen) // 3
 
     @property
     def total(self) -> int:
-        return sum(p.flops for p in self.parts)
+        return self.trained + self.frozen_flops
 
     @property
     def per_position(self) -> float:
@@ -82,11 +95,17 @@ class FlopCount:
         return self.total / self.seq_len
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "seq_len": self.seq_len, "total": self.total, "per_position": self.per_position,
             "parts": [{"name": p.name, "positions": p.positions, "weights": p.weights, "layers": p.layers,
                        "attention_pairs": p.pairs, "flops": p.flops} for p in self.parts],
         }
+        if self.frozen:
+            out["trained"], out["frozen_forward"] = self.trained, self.frozen_flops
+            out["frozen_parts"] = [{"name": p.name, "positions": p.positions, "weights": p.weights,
+                                    "layers": p.layers, "attention_pairs": p.pairs, "forward_flops": p.flops // 3}
+                                   for p in self.frozen]
+        return out
 
 
 def block_weights(dim: int, mlp_ratio: int) -> int:
@@ -99,13 +118,15 @@ def causal_pairs(length: int, causal: bool = True) -> int:
     return length * (length + 1) // 2 if causal else length * length
 
 
-def training_flops(config, seq_len: int, *, causal: bool = True, data=None) -> FlopCount:
+def training_flops(config, seq_len: int, *, causal: bool = True, data=None, starts=None) -> FlopCount:
     """Training FLOPs of one sequence of `seq_len` positions for any model config (its kind's
     `flops` in `megabyte.model.registry`).
 
     A dynamically patched MEGABYTE computes what its bytes decide: give `data`, a (B, seq_len)
     batch of byte rows, and the count is what the model computes on that batch, per sequence
-    (the mean over its rows; positions may then be fractional)."""
+    (the mean over its rows; positions may then be fractional). Entropy patches also need the
+    patch `starts` of those rows (`Megabyte.patch_starts`: the entropy model decides them), and
+    count the entropy model's forward pass over the rows as a frozen part."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     if getattr(config, "dynamic", False):
@@ -113,7 +134,14 @@ def training_flops(config, seq_len: int, *, causal: bool = True, data=None) -> F
             raise MegabyteError(f"a {config.patching!r}-patched MEGABYTE's FLOPs depend on its bytes: pass data=")
         if data.shape[-1] != seq_len:
             raise ValueError(f"data rows hold {data.shape[-1]} bytes, not seq_len {seq_len}")
-        return FlopCount(seq_len, tuple(dynamic_megabyte_parts(config, data, causal)))
+        frozen = ()
+        if config.patching == "entropy":
+            from megabyte.model.io import config_from_dict
+
+            small = config_from_dict(config.entropy_model, "entropy_model")
+            frozen = tuple(Part(f"entropy model: {p.name}", p.positions, p.weights, p.width, p.layers, p.pairs)
+                           for p in kind_of(small).flops(small, seq_len, causal))
+        return FlopCount(seq_len, tuple(dynamic_megabyte_parts(config, data, causal, starts)), frozen)
     return FlopCount(seq_len, tuple(kind_of(config).flops(config, seq_len, causal)))
 
 
@@ -164,7 +192,7 @@ def megabyte_parts(c, T: int, causal: bool) -> list[Part]:
     return parts
 
 
-def dynamic_megabyte_parts(c, x, causal: bool) -> list[Part]:
+def dynamic_megabyte_parts(c, x, causal: bool, starts=None) -> list[Part]:
     """What a dynamically patched MEGABYTE computes on the byte rows x (B, T), per row: the
     global stage on the batch's most patches K (at most `patch_cap`; shorter rows are padded,
     as the model runs them), the local stage on every byte, attending in blocks of W = P_max + r
@@ -176,7 +204,7 @@ def dynamic_megabyte_parts(c, x, causal: bool) -> list[Part]:
 
     x = torch.as_tensor(x).long()
     B, T = x.shape
-    lay = layout_of(c, x)
+    lay = layout_of(c, x, starts)
     K = min(int(lay.count.max()), c.patch_cap)
     P, W = c.patch_sizes[0], window_width(c)
     (D0, D1), E0 = c.dims, c.embed_width(0)
@@ -196,21 +224,23 @@ def dynamic_megabyte_parts(c, x, causal: bool) -> list[Part]:
     return parts
 
 
-def mean_flops(config, windows, batch: int, *, causal: bool = True) -> FlopCount:
+def mean_flops(config, windows, batch: int, *, causal: bool = True, starts=None) -> FlopCount:
     """Training FLOPs of one sequence, averaged over the training steps that `windows` (N, T)
     make in consecutive groups of `batch` rows: what a dynamically patched model costs on that
-    data (any other kind: the same as `training_flops(config, T)`)."""
+    data (any other kind: the same as `training_flops(config, T)`); `starts` (N, T): the
+    windows' patch starts, for entropy patches."""
     import torch
 
     windows = torch.as_tensor(windows)
     T = windows.shape[1]
     if not getattr(config, "dynamic", False):
         return training_flops(config, T, causal=causal)
-    counts = [training_flops(config, T, causal=causal, data=windows[i : i + batch])
+    counts = [training_flops(config, T, causal=causal, data=windows[i : i + batch],
+                             starts=None if starts is None else starts[i : i + batch])
               for i in range(0, max(1, len(windows) - batch + 1), batch)]
     parts = []
     for same in zip(*(c.parts for c in counts)):
         first = same[0]
         parts.append(Part(first.name, sum(p.positions for p in same) / len(same), first.weights, first.width,
                           first.layers, sum(p.pairs for p in same) / len(same)))
-    return FlopCount(T, tuple(parts))
+    return FlopCount(T, tuple(parts), counts[0].frozen)

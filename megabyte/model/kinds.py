@@ -35,6 +35,12 @@ SPACE_P_MAX = {"tiny": 8, "small": 16, "image-small": 24, "audio-small": 32, "me
 its global width allows (mean patches on text are 6 to 8 bytes; `megabyte patches` shows them)."""
 SPACE_PRESETS = {name: {**fields, "patch_sizes": (SPACE_P_MAX[name],), "patching": "space"}
                  for name, fields in MEGABYTE_PRESETS.items()}
+ENTROPY_PRESETS = {name: {**fields, "patching": "entropy",
+                          "patch_target": float(MEGABYTE_PRESETS[name]["patch_sizes"][0])}
+                   for name, fields in SPACE_PRESETS.items()}
+"""Entropy patches: P_max as for space patches, and theta calibrated to the fixed model's patch
+length, so that the global stage runs about as often as the fixed model's and only where the
+patches end differs. The entropy model is the user's (`model.entropy_model=RUN`)."""
 TRANSFORMER_PRESETS = {
     "tiny": {"dim": 64, "depth": 2},
     "small": {"dim": 256, "depth": 4},
@@ -44,11 +50,12 @@ TRANSFORMER_PRESETS = {
     "text": {"dim": 2048, "depth": 19},
     "imagenet64": {"dim": 3072, "depth": 26},
     "audio": {"dim": 2048, "depth": 19},
+    "entropy": {"dim": 128, "depth": 2},
 }
 PERCEIVER_LATENTS = {"tiny": 16, "small": 256, "image-small": 512, "audio-small": 512, "medium": 1024,
                      "text": 1024, "imagenet64": 1024, "audio": 1024}
 PERCEIVER_PRESETS = {name: {**fields, "num_latents": PERCEIVER_LATENTS[name]}
-                     for name, fields in TRANSFORMER_PRESETS.items()}
+                     for name, fields in TRANSFORMER_PRESETS.items() if name in PERCEIVER_LATENTS}
 
 
 # ------------------------------------------------------------------------------------ MEGABYTE
@@ -64,6 +71,10 @@ def fit_megabyte(config: MegabyteConfig, data, fixed: frozenset[str]) -> tuple[M
     """On images stored in patch-scan order, the patch is one block of pixels (P = channels x
     pixels^2: the paper's P=12 for 2x2 RGB), with the nearest global width that P divides."""
     meta, item = data.meta, data.item_len
+    if config.patching == "entropy":
+        from megabyte.model.entropy import resolve
+
+        return resolve(config, data, fixed)
     if config.dynamic:
         return config, []
     if not (data.modality == "image" and meta.get("order") == "patch" and len(config.patch_sizes) == 1
@@ -139,6 +150,9 @@ MEGABYTE_SPACE = register(ModelKind(
     "megabyte-space", "MEGABYTE (space patches)", MegabyteConfig, Megabyte, megabyte_parts, SPACE_PRESETS,
     colour="tab:orange", describe=describe_megabyte, fit=fit_megabyte, sized=sized_megabyte_space,
     modalities=("text",)))
+MEGABYTE_ENTROPY = register(ModelKind(
+    "megabyte-entropy", "MEGABYTE (entropy patches)", MegabyteConfig, Megabyte, megabyte_parts, ENTROPY_PRESETS,
+    colour="tab:brown", describe=describe_megabyte, fit=fit_megabyte, by_default=False))
 TRANSFORMER = register(ModelKind(
     "transformer", "Transformer", TransformerConfig, Transformer, transformer_parts, TRANSFORMER_PRESETS,
     colour="tab:blue", describe=describe_flat, sized=sized_transformer))

@@ -20,6 +20,7 @@ patches, a middle stage over 8-byte sub-patches (16 per patch) and a byte stage 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -28,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from megabyte.errors import MegabyteError
 from megabyte.model import dynamic
-from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigMixin, as_tuple, require
+from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigError, ConfigMixin, as_tuple, require
 from megabyte.model.layers import KVCache, KVCapture, TransformerStack
-from megabyte.model.patching import RULES
+from megabyte.model.patching import RULES, patch_starts
 
 
 @dataclass
@@ -66,13 +68,31 @@ class MegabyteConfig(ConfigMixin):
     tie_embeddings: bool = True
     """Tie the output layer to the byte-level stage's embedding (as in the paper)."""
     patching: str = "fixed"
-    """Where patches end (`megabyte.model.patching`): "fixed" every P bytes (the paper), or
-    "space" (SpaceByte's rule: a patch begins after each run of spacelike bytes). With dynamic
-    patching (two stages only) the patch size is the longest patch, P_max."""
+    """Where patches end (`megabyte.model.patching`): "fixed" every P bytes (the paper), "space"
+    (SpaceByte's rule: a patch begins after each run of spacelike bytes), or "entropy" (BLT's
+    rule: where a small frozen byte model is unsure of the next byte). With dynamic patching
+    (two stages only) the patch size is the longest patch, P_max."""
     max_patches: int | None = None
     """Dynamic patching: the most global positions per sequence (default: a quarter of
     max_seq_len). Bytes of later patches are predicted by the local stage alone (no global
     slice), in training and evaluation alike; `megabyte patches` shows how often that happens."""
+    entropy_model: dict[str, Any] | str | None = None
+    """Entropy patching: the small frozen byte model that gives H_t (`megabyte.model.entropy`),
+    as its config (a dict, as saved: its weights are part of this model's), or, until training
+    resolves it, the path of its training run or model directory."""
+    entropy_source: str | None = None
+    """Entropy patching: where the entropy model's weights came from (read once, when a fresh
+    run starts; a saved model carries the weights itself)."""
+    patch_threshold: float | None = None
+    """Entropy patching: theta in nats; byte t begins a patch when H_t > theta. Calibrated from
+    `patch_target` when not given."""
+    patch_relative: bool = False
+    """Entropy patching: BLT's monotonic rule instead, H_t - H_{t-1} > theta."""
+    patch_target: float | None = None
+    """Entropy patching: the mean patch length in bytes that theta is calibrated to, on the
+    training split when training starts."""
+    patch_mean: float | None = None
+    """Entropy patching: the mean patch length the calibrated theta gave on the training split."""
     model_type: str = field(default="megabyte", repr=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +164,29 @@ class MegabyteConfig(ConfigMixin):
                     "max_patches", f"must be >= 1, got {self.max_patches}")
         else:
             require(self.max_patches is None, "max_patches", "applies to dynamic patching only")
+        if self.patching == "entropy":
+            require(self.entropy_model is not None, "entropy_model",
+                    "entropy patches need the entropy model: model.entropy_model=RUN "
+                    "(train one with: megabyte train --preset entropy)")
+            if isinstance(self.entropy_model, dict):
+                from megabyte.model.entropy import check_entropy_config
+                from megabyte.model.io import config_from_dict
+
+                try:
+                    check_entropy_config(config_from_dict(self.entropy_model, "entropy_model"), self)
+                except MegabyteError as exc:
+                    raise ConfigError(f"entropy_model: {exc}") from None
+            else:
+                require(isinstance(self.entropy_model, str), "entropy_model",
+                        "must be a model config or the path of a trained entropy model")
+            for name in ("patch_threshold", "patch_target", "patch_mean"):
+                value = getattr(self, name)
+                require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value)), name, f"must be a number, got {value!r}")
+            require(isinstance(self.patch_relative, bool), "patch_relative", "must be true or false")
+        else:
+            for name in ("entropy_model", "entropy_source", "patch_threshold", "patch_target", "patch_mean"):
+                require(getattr(self, name) is None, name, "applies to entropy patching only")
 
     @property
     def dynamic(self) -> bool:
@@ -266,6 +309,56 @@ class Megabyte(ByteModel):
         if config.tie_embeddings:
             self.head.weight = last.byte_embed.weight
         self.init_weights()
+        if config.patching == "entropy":
+            if not isinstance(config.entropy_model, dict):
+                raise MegabyteError("the entropy model is given as a path: resolve it first "
+                                    "(megabyte.model.entropy.resolve, as training does)")
+            from megabyte.model.io import build_model, config_from_dict
+
+            self.entropy_model = build_model(config_from_dict(config.entropy_model, "entropy_model"))
+            self.entropy_model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        """Training mode for the model; the entropy model stays frozen in eval mode."""
+        super().train(mode)
+        if getattr(self, "entropy_model", None) is not None:
+            self.entropy_model.eval()
+        return self
+
+    def load_frozen(self) -> None:
+        """A fresh run: the entropy model's weights from `entropy_source`, checked against its config."""
+        if self.config.patching != "entropy":
+            return
+        from megabyte.model.entropy import load_small_model
+
+        source = self.config.entropy_source
+        if not source:
+            raise MegabyteError("entropy_source: the entropy model's weights are needed to start a fresh run")
+        small = load_small_model(source)
+        if small.config.to_dict() != self.config.entropy_model:
+            raise MegabyteError(f"entropy model {source}: its config differs from the one this run was set up "
+                                "with (it changed since)")
+        with torch.no_grad():
+            for mine, theirs in zip(self.entropy_model.state_dict().values(), small.state_dict().values()):
+                mine.copy_(theirs)
+
+    def patch_starts(self, x: Tensor) -> Tensor:
+        """(B, T) bool: byte t begins a patch, under this model's dynamic rule."""
+        cfg = self.config
+        if cfg.patching == "entropy":
+            from megabyte.model.entropy import entropies
+
+            H = entropies(self.entropy_model, x)
+            return patch_starts(x, "entropy", cfg.patch_sizes[0], entropy=H, threshold=self.threshold,
+                                relative=cfg.patch_relative)
+        return patch_starts(x, cfg.patching, cfg.patch_sizes[0])
+
+    @property
+    def threshold(self) -> float:
+        if self.config.patch_threshold is None:
+            raise MegabyteError("patch_threshold is not set: give model.patch_target to calibrate it on the "
+                                "training data, or set it")
+        return float(self.config.patch_threshold)
 
     def init_weights(self, std: float = 0.02) -> None:
         for stage in self.stages:
@@ -291,12 +384,15 @@ class Megabyte(ByteModel):
         """Parameter counts: the global stage, the local stages (with the output layer), total."""
         per_stage = [sum(p.numel() for p in s.parameters()) for s in self.stages]
         head = 0 if self.config.tie_embeddings else self.head.weight.numel()
-        return {
+        counts = {
             "global": per_stage[0],
             "local": sum(per_stage[1:]) + head,
             "stages": per_stage,
             "total": sum(per_stage) + head,
         }
+        if getattr(self, "entropy_model", None) is not None:  # frozen, not in the total trained
+            counts["entropy_model"] = sum(p.numel() for p in self.entropy_model.parameters())
+        return counts
 
     # ----------------------------------------------------------------------------- training
     def forward(self, x: Tensor) -> Tensor:

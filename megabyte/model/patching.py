@@ -11,6 +11,10 @@ The rules (`MegabyteConfig.patching`):
             spacelike and x[t-2] is not: the first spacelike byte after a word ends the word's
             patch, the rest of a run of spaces or punctuation goes with the next word
             ("Hi," | " you " | " there" for "Hi, you  there"). Byte 0 always begins one.
+    entropy BLT's rule (Pagnoni 2024): a small frozen byte model gives H_t, the entropy (nats) of
+            its prediction of byte t from bytes < t; byte t begins a patch when H_t > theta, or
+            with the monotonic variant when H_t - H_{t-1} > theta (`megabyte.model.entropy`
+            computes H and calibrates theta to a target mean patch length).
 
 Whatever the rule, a patch also ends when it reaches `max_len` bytes (P_max, the model's top
 patch size): in a stretch of bytes without a rule boundary, patches begin every `max_len` bytes
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-RULES = ("fixed", "space")
+RULES = ("fixed", "space", "entropy")
 """`MegabyteConfig.patching` values; every rule but "fixed" is dynamic."""
 
 
@@ -36,35 +40,55 @@ def spacelike(x: Tensor) -> Tensor:
     return (x < 0x30) | ((x > 0x39) & (x < 0x41)) | ((x > 0x5A) & (x < 0x61)) | ((x > 0x7A) & (x < 0x80)) | (x >= 0xC0)
 
 
-def rule_starts(x: Tensor, rule: str) -> Tensor:
-    """(B, T) bool: the bytes the rule itself starts a patch at (byte 0 included), before the cap."""
-    if rule != "space":
-        raise ValueError(f"unknown dynamic patching rule {rule!r}")
+def rule_starts(x: Tensor, rule: str, entropy: Tensor | None = None, threshold: float | None = None,
+                relative: bool = False) -> Tensor:
+    """(B, T) bool: the bytes the rule itself starts a patch at (byte 0 included), before the cap.
+    The entropy rule needs `entropy` (B, T): H_t of every byte, and the `threshold`."""
     B, T = x.shape
-    s = spacelike(x)
     starts = torch.zeros(B, T, dtype=torch.bool, device=x.device)
     starts[:, 0] = True
-    if T > 2:
-        starts[:, 2:] = s[:, 1:-1] & ~s[:, :-2]
+    if rule == "space":
+        s = spacelike(x)
+        if T > 2:
+            starts[:, 2:] = s[:, 1:-1] & ~s[:, :-2]
+    elif rule == "entropy":
+        if entropy is None or threshold is None:
+            raise ValueError("the entropy rule needs every byte's entropy and a threshold")
+        if T > 1:
+            score = entropy[:, 1:] - entropy[:, :-1] if relative else entropy[:, 1:]
+            starts[:, 1:] = score > threshold
+    else:
+        raise ValueError(f"unknown dynamic patching rule {rule!r}")
     return starts
 
 
-def patch_starts(x: Tensor, rule: str, max_len: int) -> Tensor:
-    """(B, T) bool: byte t begins a patch (the rule's boundaries, then one every `max_len` bytes
-    of a stretch without one)."""
-    starts = rule_starts(x, rule)
-    T = x.shape[1]
-    pos = torch.arange(T, device=x.device).expand_as(starts)
+def capped(starts: Tensor, max_len: int) -> Tensor:
+    """The rule's `starts` (B, T) with a start every `max_len` bytes of a stretch without one."""
+    T = starts.shape[1]
+    pos = torch.arange(T, device=starts.device).expand_as(starts)
     last_rule = torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
     return starts | ((pos - last_rule) % max_len == 0)
 
 
-def starts_next(data: Tensor, t: int, patch_start: Tensor, rule: str, max_len: int) -> Tensor:
+def patch_starts(x: Tensor, rule: str, max_len: int, **scores) -> Tensor:
+    """(B, T) bool: byte t begins a patch (the rule's boundaries, then one every `max_len` bytes
+    of a stretch without one). `scores`: the entropy rule's `entropy`, `threshold`, `relative`."""
+    return capped(rule_starts(x, rule, **scores), max_len)
+
+
+def starts_next(data: Tensor, t: int, patch_start: Tensor, rule: str, max_len: int,
+                entropy: Tensor | None = None, previous: Tensor | None = None, threshold: float | None = None,
+                relative: bool = False) -> Tensor:
     """(B,) bool: whether byte t begins a patch, given the bytes data[:, :t] and the start of the
-    patch byte t - 1 is in (decoding, one byte at a time; the same decision as `patch_starts`)."""
+    patch byte t - 1 is in (decoding, one byte at a time; the same decision as `patch_starts`).
+    The entropy rule: `entropy` (B,) is H_t, `previous` H_{t-1} (for the monotonic variant)."""
     if t == 0:
         return torch.ones(data.shape[0], dtype=torch.bool, device=data.device)
     full = patch_start <= t - max_len
+    if rule == "entropy":
+        if entropy is None or threshold is None or (relative and previous is None):
+            raise ValueError("the entropy rule needs the byte's entropy (and the previous one) and a threshold")
+        return full | ((entropy - previous if relative else entropy) > threshold)
     if rule != "space":
         raise ValueError(f"unknown dynamic patching rule {rule!r}")
     if t < 2:

@@ -56,6 +56,9 @@ class ModelKind:
     modalities: tuple[str, ...] | None = None
     """The data it is made for ("text", "image", "audio"; None: any). `megabyte compare` leaves a
     kind out of its default model list on other data (it still runs when named)."""
+    by_default: bool = True
+    """Whether `megabyte compare` runs it when no models are named (False: a kind that needs more
+    than a preset, such as entropy patches and their entropy model)."""
     sized: Callable[[Any, int], Any] | None = None
     """(`megabyte.bench.rows.Sizes`, max_seq_len) -> a config of `megabyte bench`'s shapes."""
 

@@ -252,8 +252,12 @@ def _convert(hint: Any, text: str) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if type(None) in args and text.lower() in ("none", "null", ""):
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, text)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. a config dict or a path: from the command line, the path
+            if str in inner:
+                return text
+            raise ValueError(text)
+        return _convert(inner[0], text)
     if typing.get_origin(hint) is tuple:
         parts = [p for p in text.strip("()[]").split(",") if p.strip()]
         element = args[0]

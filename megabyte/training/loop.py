@@ -78,12 +78,14 @@ class Trainer:
     other, see `megabyte.training.objective`), writing into `run_dir`."""
 
     def __init__(self, cfg: TrainConfig, model_config, objective, run_dir: Path, runtime: Runtime, *,
-                 preset: str | None = None, progress: bool = True, hints: bool = True) -> None:
+                 preset: str | None = None, progress: bool = True, hints: bool = True, fresh: bool = True) -> None:
         objective = as_objective(objective)
         self.cfg, self.model_config, self.objective, self.runtime = cfg, model_config, objective, runtime
         self.run_dir, self.preset, self.show_progress = Path(run_dir), preset, progress
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.model = build_model(model_config).train()  # on the CPU: `runtime.wrap` places it
+        if fresh:
+            self.model.load_frozen()  # an entropy model's weights; a resumed run restores its own
         torch.manual_seed(dropout_seed(cfg.seed, runtime.rank))  # dropout: a stream per process
         if cfg.compile:
             self.model.compile()
@@ -408,12 +410,14 @@ class Trainer:
 
     def _announce(self, say) -> None:
         cfg, rt = self.cfg, self.runtime
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         budget = " or ".join(
             ([f"{cfg.max_steps} steps"] if cfg.max_steps else [])
             + ([format_duration(cfg.max_time)] if cfg.max_time else [])
         )
-        say(f"{self.model_config.model_type}: {human(params)} parameters on {rt.device} "
+        say(f"{self.model_config.model_type}: {human(params)} parameters"
+            + (f" (and a frozen {human(frozen)}-parameter entropy model)" if frozen else "") + f" on {rt.device} "
             f"({'bf16 autocast' if rt.precision == 'bf16' else 'fp32'}"
             f"{', tf32 products' if cfg.tf32 and rt.device.type == 'cuda' else ''}"
             f"{', compiled' if cfg.compile else ''}); {self.objective.describe()}")
@@ -477,7 +481,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "checkpoint": str(latest) if latest else None,
             "model_kind": self.model_config.model_type,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "step": s.step,
             "bytes": s.bytes_seen,
             "elapsed": self.elapsed(),
@@ -576,7 +580,7 @@ def _run(runtime: Runtime, train_config: TrainConfig, model_config, objective, o
         if runtime.is_main and resume and ckpt.latest_checkpoint(out_dir) != checkpoint:
             raise MegabyteError(f"another training saved into {out_dir} while this one started; start again")
         trainer = Trainer(train_config, model_config, objective, out_dir, runtime, preset=preset, progress=progress,
-                          hints=hints)
+                          hints=hints, fresh=not resume)
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if runtime.is_main:

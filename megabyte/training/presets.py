@@ -35,6 +35,8 @@ class Preset:
     """The context (max_seq_len) of every kind's model, in bytes."""
     train: dict[str, Any]
     """TrainConfig fields."""
+    kind: str = "megabyte"
+    """The model kind `megabyte train --preset NAME` trains when no --model is given."""
 
     def model_fields(self, kind: str) -> dict[str, Any]:
         """The config fields of `kind` in this preset (its shape, from the registry, and the context)."""
@@ -70,6 +72,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "audio-small", "CPU minutes on 16 kHz PCM: P=32 (16 samples), 4,096-byte context (0.128 s)", ctx=4096,
         train={"batch_size": 4, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
                "eval_every": 250, "eval_bytes": 1 << 18, "log_every": 10, "save_every": 500},
+    ),
+    Preset(
+        "entropy", "the small byte model that places entropy patches (a 2-layer, 128-wide Transformer; "
+        "its context must hold the patched model's)", ctx=1024, kind="transformer",
+        train={"batch_size": 8, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup": 50, "max_steps": 2000, "dropout": 0.0,
+               "eval_every": 250, "eval_bytes": 1 << 19, "log_every": 10, "save_every": 500},
     ),
     Preset(
         "medium", "one GPU for a few hours", ctx=8192,
@@ -142,11 +150,25 @@ def describe_presets() -> str:
     kinds = model_kinds()
     lines = [f"{'preset':<11} {'context':>8}  " + "  ".join(f"{k:>13}" for k in kinds) + "  summary"]
     for preset in PRESETS.values():
-        counts = [_human(parameter_count(preset.model_config(k))) if preset.name in get_kind(k).presets else "-"
-                  for k in kinds]
+        counts = [_count(preset, k) for k in kinds]
         lines.append(f"{preset.name:<11} {preset.ctx:>8}  " + "  ".join(f"{c:>13}" for c in counts)
                      + f"  {preset.summary}")
     return "\n".join(lines)
+
+
+def _count(preset: Preset, kind: str) -> str:
+    """The parameters of `kind` in `preset`; "-" where it has no shape; "N+E" for entropy patches
+    (their frozen entropy model E is the user's)."""
+    from megabyte.model.base import ConfigError
+
+    if preset.name not in get_kind(kind).presets:
+        return "-"
+    try:
+        return _human(parameter_count(preset.model_config(kind)))
+    except ConfigError:
+        fields = {k: v for k, v in preset.model_fields(kind).items() if k not in ("patch_target", "patch_threshold")}
+        own = get_kind(kind).config_class(**{**fields, "patching": "space"})  # its shape, without the entropy model
+        return _human(parameter_count(own)) + "+E"
 
 
 def _human(n: int) -> str:

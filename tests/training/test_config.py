@@ -74,11 +74,20 @@ def test_toml_file(tmp_path):
 
 
 def test_every_preset_builds_every_model_kind():
+    from megabyte.model.registry import get_kind
+
+    small = get_preset("entropy").model_config("transformer").to_dict()
     for preset in PRESETS.values():
         train = TrainConfig(**preset.train)
         for kind in model_kinds():
-            config = preset.model_config(kind)
+            if preset.name == "entropy" and kind != "transformer":
+                assert preset.name not in get_kind(kind).presets  # the entropy model's preset is for it alone
+                continue
+            # entropy patches also take the user's entropy model (here a config, reading the whole context)
+            extra = ({"entropy_model": {**small, "max_seq_len": preset.ctx}} if kind == "megabyte-entropy" else {})
+            config = get_kind(kind).config_class(**{**preset.model_fields(kind), **extra})
             assert config.max_seq_len >= (train.seq_len or 1)
+    assert get_preset("entropy").kind == "transformer"
     assert {"tiny", "small", "text", "imagenet64", "audio"} <= set(PRESETS)
     text = get_preset("text").model_config("megabyte")
     assert (text.patch_sizes, text.dims, text.depths, text.max_seq_len) == ((8,), (2048, 1024), (14, 18), 8192)
@@ -91,9 +100,11 @@ def test_every_preset_builds_every_model_kind():
 def test_baselines_are_about_the_same_size():
     for name in ("tiny", "small", "medium", "text"):
         preset = get_preset(name)
-        counts = {k: parameter_count(preset.model_config(k)) for k in model_kinds()}
+        counts = {k: parameter_count(preset.model_config(k)) for k in ("megabyte", "megabyte-space", "transformer",
+                                                                       "perceiver-ar")}
         assert 0.75 < counts["transformer"] / counts["megabyte"] < 1.33, (name, counts)
-    assert "imagenet64" in describe_presets()
+    table = describe_presets()
+    assert "imagenet64" in table and "3.6M+E" in table  # entropy patches: their shape plus the user's model
 
 
 def test_schedule_warmup_then_cosine():
