@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--window", type=int, help="bytes per window, each cut on its own (default: the run's "
                    "context, else 1024)")
     p.add_argument("--show", type=int, default=2000, help="bytes of --text/--file to print (default 2000)")
-    p.add_argument("--png", type=Path, help="also draw the first --show bytes, a colour per patch, here")
+    p.add_argument("--png", type=Path, help="also draw the first --show bytes, a colour per patch, here (with "
+                   "--data: its first validation window, or for images its first images, with entropy heat maps)")
     p.set_defaults(func=run)
 
 
@@ -108,7 +109,10 @@ def run(args) -> int:
             raise MegabyteError(f"--window {args.window} is longer than the run's context ({config.max_seq_len})")
         config = dataclasses.replace(config, max_seq_len=args.window)
     if args.data is not None:
-        return _dataset_stats(config, args.data, model)
+        rc = _dataset_stats(config, args.data, model)
+        if args.png:
+            _draw_dataset(config, model, args.data, args.png)
+        return rc
     if args.file is not None:
         try:
             data = args.file.read_bytes()
@@ -176,6 +180,79 @@ def _dataset_stats(config, directory: Path, model=None) -> int:
           f"{100 * s['share_past_cap']:.3f}% of bytes past it (predicted without a global slice)")
     print("\n".join(histogram(s["histogram"])))
     return 0
+
+
+def _draw_dataset(config, model, directory: Path, png: Path) -> None:
+    """--data with --png: an image dataset's first validation images as pixels, each pixel's
+    entropy as a heat map (entropy patches) and the pixels where patches start; text: the first
+    validation window as for --text."""
+    from megabyte.atomic import atomic_write_bytes
+    from megabyte.data.dataset import load_dataset
+
+    data = load_dataset(directory)
+    val = data.split("val")
+    if data.modality != "image":
+        window = bytes(val[: min(len(val), config.max_seq_len, 2000)])
+        starts, entropy = starts_of(config, window, model)
+        atomic_write_bytes(png, draw_png(window, starts, title=describe_rule(config), entropy=entropy,
+                                         threshold=config.patch_threshold if entropy is not None else None,
+                                         relative=config.patch_relative))
+    else:
+        meta, n = data.meta, min(4, len(val) // data.item_len)
+        if n < 1:
+            raise MegabyteError(f"{directory}: the validation split holds no whole image")
+        images = [bytes(val[i * data.item_len : (i + 1) * data.item_len]) for i in range(n)]
+        cut = [starts_of(config, image, model) for image in images]
+        atomic_write_bytes(png, draw_image_png(images, cut, meta, title=describe_rule(config)))
+    print(f"wrote {png}")
+
+
+def draw_image_png(images: list[bytes], cut: list, meta: dict, *, title: str) -> bytes:
+    """Per image: the pixels; each pixel's entropy (the mean over its channels' bytes) as a heat
+    map, when there are entropies; and the pixels where a patch starts, over a grey image."""
+    import io
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megabyte.data.codecs import _patch_to_raster
+
+    size, channels = int(meta["size"]), int(meta.get("channels", 3))
+    order, p = meta.get("order", "patch"), int(meta.get("patch_pixels", 2))
+
+    def grid(values) -> np.ndarray:  # bytes in storage order -> (H, W, C), any dtype
+        flat = np.asarray(values).reshape(-1)
+        return _patch_to_raster(flat, size, p, channels) if order == "patch" else flat.reshape(size, size, channels)
+
+    with_entropy = cut[0][1] is not None
+    cols = 3 if with_entropy else 2
+    fig, axes = plt.subplots(len(images), cols, figsize=(2.2 * cols, 2.2 * len(images)), squeeze=False)
+    for row, (image, (starts, entropy)) in enumerate(zip(images, cut)):
+        pixels = grid(np.frombuffer(image, dtype=np.uint8))
+        shown = pixels[:, :, 0] if channels == 1 else pixels
+        axes[row][0].imshow(shown, cmap="gray" if channels == 1 else None, interpolation="nearest")
+        if with_entropy:
+            heat = grid(entropy.numpy()).mean(axis=2)
+            im = axes[row][1].imshow(heat, cmap="magma", interpolation="nearest")
+            fig.colorbar(im, ax=axes[row][1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=5)
+        begins = grid(starts.numpy()).any(axis=2)
+        grey = pixels.mean(axis=2) / 255.0
+        overlay = np.stack([grey * 0.6 + 0.4 * begins, grey * 0.6, grey * 0.6], axis=2)
+        axes[row][cols - 1].imshow(np.clip(overlay, 0, 1), interpolation="nearest")
+    names = ["image", "entropy per pixel (nats)"] if with_entropy else ["image"]
+    names.append("patch starts (red)")
+    for ax, name in zip(axes[0], names):
+        ax.set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def draw_png(data: bytes, starts, *, title: str, columns: int = 80, entropy=None, threshold: float | None = None,

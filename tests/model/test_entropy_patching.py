@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,25 @@ def test_compare_runs_entropy_patches_with_their_entropy_model(entropy_run, text
     assert "entropy model (forward)" in entry["train"]["flop_split"]
     assert abs(entry["patches"]["mean_bytes"] - 4.0) < 0.2  # the windows it was calibrated on, as it trains
     assert any("theta =" in n for n in entry["notes"])
+
+
+def test_the_patch_viewer_draws_entropy_over_the_pixels_of_images(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):  # smooth gradients with noise: some pixels are easy to predict, some are not
+        base = rng.random((1, 1, 3)) * 200 + np.linspace(0, 55, 32)[None, :, None]
+        pixels = (base + rng.normal(0, 4 * (i + 1), (32, 32, 3))).clip(0, 255).astype("uint8")
+        Image.fromarray(pixels).save(photos / f"p{i}.png")
+    data, small, run = tmp_path / "images", tmp_path / "entropy", tmp_path / "run"
+    assert cli_main(["prepare", "image", str(photos), "--size", "8", "--crops", "6", "--out", str(data)]) == 0
+    common = ["--preset", "tiny", "--no-progress", "--eval-every", "0"]
+    assert cli_main(["train", "--data", str(data), "--out", str(small), "--model", "transformer",
+                     "--max-steps", "6", *common]) == 0
+    assert cli_main(["train", "--data", str(data), "--out", str(run), "--model", "megabyte-entropy",
+                     f"model.entropy_model={small}", "--max-steps", "2", *common]) == 0
+    png = tmp_path / "heat.png"
+    assert cli_main(["patches", str(run), "--data", str(data), "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "entropy patches" in capsys.readouterr().out
