@@ -149,6 +149,25 @@ def verdict(report: dict) -> list[str]:
     return lines
 
 
+def _plot_sweeps(ax, models: list[dict]) -> None:
+    """Each model's learning-rate trials: score on the held-back training bytes against the rate."""
+    for m in models:
+        sw = m["lr_sweep"]
+        tried = [(t["lr"], t["score"]) for t in sw["trials"]
+                 if t.get("score") is not None and math.isfinite(t["score"])]
+        if not tried:
+            continue
+        xs, ys = zip(*tried)
+        ax.plot(xs, ys, "o-", color=m.get("colour"), label=m["label"], markersize=3)
+        chosen = [y for x, y in tried if x == sw["chosen"]]
+        if chosen:
+            ax.plot([sw["chosen"]], chosen, "o", markersize=10, markerfacecolor="none", color=m.get("colour"))
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate (ringed: chosen)")
+    ax.set_ylabel("bpb on held-back training bytes (sweep trials)")
+    ax.grid(alpha=0.3)
+
+
 # ------------------------------------------------------------------------------------ markdown
 def markdown(report: dict) -> str:
     data = report["data"]
@@ -235,15 +254,18 @@ def lr_lines(report: dict) -> list[str]:
 # ------------------------------------------------------------------------------------ plot
 def plot_png(report: dict) -> bytes:
     """Two panels: validation bpb against training FLOPs (log scale) and against seconds; a star
-    marks each model's final score on the whole validation split (basic inference)."""
+    marks each model's final score on the scored validation bytes (basic inference). With a
+    learning-rate sweep, a third: each model's trials (held-back training bpb against the rate),
+    the chosen rate ringed."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
-    fig = Figure(figsize=(11, 4.4), dpi=110)
-    ax_flops, ax_time = fig.subplots(1, 2)
+    sweeps = [m for m in report["models"] if m.get("lr_sweep")]
+    fig = Figure(figsize=(16 if sweeps else 11, 4.4), dpi=110)
+    ax_flops, ax_time, *rest = fig.subplots(1, 3 if sweeps else 2)
     for m in report["models"]:
         colour = m.get("colour")
         points = [p for p in m["curve"] if p.get("val_bpb") is not None and math.isfinite(p["val_bpb"])]
@@ -264,8 +286,12 @@ def plot_png(report: dict) -> bytes:
         ax.set_ylabel("validation bits per byte")
         ax.grid(alpha=0.3)
     ax_flops.legend(fontsize=8)
-    fig.suptitle(f"{Path(report['data']['dir']).name}: {describe_budget(report)} "
-                 "(lines: periodic validation; stars: final score, whole split)", fontsize=10)
+    if sweeps:
+        _plot_sweeps(rest[0], sweeps)
+    scored = report["data"].get("scored_bytes")
+    fig.suptitle(f"{Path(report['data']['dir']).name}: {describe_budget(report)} (lines: periodic validation; "
+                 f"stars: final score on {f'{scored:,} validation bytes' if scored else 'the validation split'})",
+                 fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
