@@ -162,9 +162,10 @@ def start_decoding(model, prompt: Tensor) -> tuple[Tensor, DynamicState]:
                           gout.new_zeros(B, gout.shape[2]))
     state = DynamicState(buf, gcaches, lcaches, current, lay.start[:, L].clone(), here + 1)
     if cfg.patching == "entropy":
-        from megabyte.model.entropy import entropy_of
+        from megabyte.model.entropy import entropy_of, full_precision
 
-        logits, state.entropy_state = model.entropy_model.start_decoding(prompt)
+        with full_precision(prompt):
+            logits, state.entropy_state = model.entropy_model.start_decoding(prompt)
         state.entropy = entropy_of(logits)
     return model.head(h[:, L]), state
 
@@ -181,10 +182,11 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
     loc = model.stages[1]
     P = cfg.patch_sizes[0]
     if cfg.patching == "entropy":
-        from megabyte.model.entropy import entropy_of
+        from megabyte.model.entropy import entropy_of, full_precision
 
         previous = state.entropy
-        state.entropy = entropy_of(model.entropy_model.continue_decoding(state.entropy_state, next_bytes))
+        with full_precision(next_bytes):
+            state.entropy = entropy_of(model.entropy_model.continue_decoding(state.entropy_state, next_bytes))
         new = starts_next(buf.data, t, state.start, "entropy", P, entropy=state.entropy, previous=previous,
                           threshold=model.threshold, relative=cfg.patch_relative)
     else:

@@ -297,3 +297,12 @@ def test_the_patch_viewer_draws_entropy_over_the_pixels_of_images(tmp_path, caps
     png = tmp_path / "heat.png"
     assert cli_main(["patches", str(run), "--data", str(data), "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "entropy patches" in capsys.readouterr().out
+
+
+def test_boundaries_are_the_same_under_bf16_autocast(entropy_run, text_data):
+    """The entropy model runs outside autocast: a bf16 run cuts patches where the fp32 calibration did."""
+    model = entropy_model(entropy_run, text_data)
+    x = rows(text_data)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cut = model.patch_starts(x)
+    assert torch.equal(cut, model.patch_starts(x))
