@@ -51,6 +51,8 @@ SWEEP_TOLERANCE = 0.02
 """bpb: the lowest rate whose trial scores within this of the best is chosen."""
 SWEEP_EVAL_BYTES = 1 << 15
 """Held-back bytes a trial is scored on, at least (all of them when fewer are held back)."""
+SWEEP_FEW_STEPS = 20
+"""Trials shorter than this many steps are said to be a weak judge of the rate (a note)."""
 
 
 @dataclass
@@ -582,6 +584,9 @@ def sweep_lr(entry: Entry, config: CompareConfig, say) -> dict[str, Any]:
     base = trial_config(entry)
     say(f"{entry.name}: learning-rate sweep over {', '.join(f'{lr:.3g}' for lr in grid)} (the first "
         f"{base.max_steps} of about {base.decay_steps} steps each, scored on {held.scored_on})")
+    if base.max_steps < SWEEP_FEW_STEPS:
+        entry.notes.append(f"the learning-rate trials had {base.max_steps} steps each (a fifth of a short run): "
+                           "too few to judge a rate by, so read the choice as noise; a larger budget fixes it")
     trials, start = [], time.perf_counter()
     for lr in grid:
         run_dir = config.out_dir / "sweep" / entry.name / f"lr-{lr:.3g}"

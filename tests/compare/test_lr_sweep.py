@@ -51,6 +51,7 @@ def test_the_sweep_finds_the_known_best_rate_without_reading_the_validation_spli
     steps = round(int(2e10 // entry.flops_per_step) * run_module.SWEEP_SLICE)
     finished = [t for t in sweep["trials"] if t["steps"] is not None]
     assert all(t["steps"] == steps for t in finished)
+    assert any("too few to judge" in n for n in entry.notes) == (steps < run_module.SWEEP_FEW_STEPS)
     assert sweep["flops"] == len(finished) * steps * entry.flops_per_step and sweep["charged"] is False
     assert "train split" in sweep["scored_on"] and any("learning-rate sweep" in s for s in said)
     assert not list((tmp_path / "sweep").rglob("*.safetensors"))  # trials keep their curves, not weights
@@ -70,4 +71,5 @@ def test_compare_reports_the_sweep(text_data, tmp_path, capsys, monkeypatch):
         assert sweep["flops"] > 0 and sweep["seconds"] > 0
     md = (out / "compare.md").read_text()
     assert "## Learning rates" in md and "held-back" in md and "--lr-grid 0.001,0.003" in md
+    assert "too few to judge a rate by" in md  # 4 GFLOP gives these tiny models trials of a few steps
     assert "chosen by a sweep" in report["sizing"]
