@@ -2,7 +2,7 @@
 and the full (gathered) state that a checkpoint holds whichever of them trained it.
 
     network = apply_ddp(model, device)               # a replica per process, gradients averaged
-    model = apply_fsdp(model, device, world_size)    # in place: every block, then the root, sharded
+    model = apply_fsdp(model, device, world_size, param_dtype=torch.bfloat16)  # in place: blocks, then root
     weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
     scatter_state(model, optimizer, weights, optim)  # rank 0's full state, sharded onto every rank
 
@@ -11,6 +11,11 @@ all-gathered just before it runs and freed after it, and its gradients reduce-sc
 as its backward is done. The root group (embeddings, stage links, final norms, the output head
 and any tied weights) is sharded last. A sharded forward is a collective: every rank must run
 the same number of them (the trainer's evaluation pads its batches for this).
+
+Under bf16 autocast the blocks' weights are all-gathered in bf16 (half the traffic and the
+memory of an unsharded block) and their gradients reduce-scattered in fp32 (sums of bf16
+gradients over many ranks lose bits); the master weights and the optimizer stay fp32. fp32 runs
+gather and reduce in fp32.
 
 Checkpoints stay one safetensors file whatever the world size: the state is gathered to rank 0
 in full (`torch.distributed.checkpoint.state_dict`, on the CPU) and saved as a single process
@@ -40,17 +45,32 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, *,
+               param_dtype: torch.dtype | None = None) -> nn.Module:
     """Shard `model` (built on the CPU) in place with FSDP2 over all `world_size` processes: each
     transformer block, then the root. `fully_shard` moves a group to `device` as it shards it, so
     the device holds one block in full at most. Returns `model` (its parameters are now DTensors:
-    build the optimizer after this)."""
+    build the optimizer after this).
+
+    `param_dtype` is the run's autocast dtype (None: fp32). With bf16, each block gets
+    `MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)`: without it FSDP2 gathers
+    fp32 weights only for autocast to cast them again, and reduces in fp32 anyway. On CUDA the
+    block's inputs are left as they come (`cast_forward_inputs=False`), so the residual stream
+    stays fp32 as under autocast on one process: CUDA autocast runs layer_norm in fp32 whatever
+    its weight's dtype. CPU autocast leaves layer_norm alone, and its kernel refuses an fp32 input
+    with a bf16 weight, so on the CPU (test runs) the block's inputs are cast to bf16. The root
+    (embedding tables, final norms, heads: a small share of the weights) keeps fp32: autocast
+    does not cast an embedding lookup, and a bf16 table would change what one process computes."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
+    blocks = {}
+    if param_dtype is not None:
+        blocks["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=device.type != "cuda")
     for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, **blocks)
     fully_shard(model, mesh=mesh)
     return model
 

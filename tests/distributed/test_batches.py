@@ -97,3 +97,33 @@ def test_without_torchrun_a_process_is_rank_0_of_1(monkeypatch):
     model = torch.nn.Linear(2, 2)
     assert runtime.wrap(model) is model and runtime.sum([1, 2.5]) == [1.0, 2.5]
     assert launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
+
+
+@pytest.mark.parametrize("precision, device, policy", [
+    ("fp32", "cpu", None), ("bf16", "cpu", (torch.bfloat16, torch.float32, True)),
+    ("bf16", "cuda", (torch.bfloat16, torch.float32, False)),
+])
+def test_fsdp_gathers_blocks_in_the_autocast_dtype(monkeypatch, precision, device, policy):
+    """bf16 runs gather every block's weights in bf16 and reduce its gradients in fp32 (the
+    residual stream enters a block as it is on CUDA, cast on the CPU); fp32 runs and the root
+    get no policy. `fully_shard` recorded, not run: no process group is needed."""
+    import torch.distributed.device_mesh
+    import torch.distributed.fsdp
+
+    from megabyte.model import build_model
+    from megabyte.training.parallel import transformer_blocks
+
+    calls = []
+    monkeypatch.setattr(torch.distributed.device_mesh, "init_device_mesh", lambda *args, **kwargs: "mesh")
+    monkeypatch.setattr(torch.distributed.fsdp, "fully_shard",
+                        lambda module, **kwargs: calls.append((module, kwargs.get("mp_policy"))))
+    model = build_model(get_preset("tiny").model_config("megabyte"))
+    runtime = Runtime(device=torch.device(device), precision=precision, world_size=2, parallel="fsdp",
+                      distributed=True)
+    assert runtime.wrap(model) is model
+    blocks = transformer_blocks(model)
+    assert [module for module, _ in calls] == [*blocks, model]  # every block, then the root
+    assert calls[-1][1] is None
+    for _, mp in calls[:-1]:
+        got = None if mp is None else (mp.param_dtype, mp.reduce_dtype, mp.cast_forward_inputs)
+        assert got == policy

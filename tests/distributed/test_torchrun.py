@@ -86,6 +86,24 @@ def test_fsdp_on_two_then_resume_on_one(reference, text_data, tmp_path):
     assert_follows(run, reference, 2 * K)
 
 
+def test_bf16_fsdp_on_two_follows_one(text_data, tmp_path):
+    """bf16 autocast under FSDP2 (blocks gathered in bf16, gradients reduced in fp32) follows a
+    single bf16 process to bf16's precision, not to summation order."""
+    bf16 = ["train.precision=bf16", "--data", str(text_data), "--max-steps", "3"]
+    assert train(*bf16, "--out", str(tmp_path / "one")) == 0
+    done, _ = torchrun("train", *OVERRIDES, *bf16, "--out", str(tmp_path / "two"), *COMMON, "--parallel", "fsdp")
+    assert done.returncode == 0, done.stdout
+    assert "(bf16 autocast)" in done.stdout
+    reference = losses(tmp_path / "one")
+    assert reference[-1][2] is not None
+    got = losses(tmp_path / "two")
+    assert [s for s, _, _ in got] == [s for s, _, _ in reference]
+    for (_, train_bpb, val_bpb), (_, want_train, want_val) in zip(got, reference):
+        assert train_bpb == pytest.approx(want_train, rel=1e-3)
+        if want_val is not None:
+            assert val_bpb == pytest.approx(want_val, rel=1e-3)
+
+
 def test_one_then_resume_on_two_with_fsdp(reference, text_data, tmp_path):
     run = tmp_path / "run"
     assert train("--data", str(text_data), "--out", str(run), "--max-steps", str(K)) == 0
