@@ -104,7 +104,8 @@ class TrainConfig:
     Under bf16 autocast it touches only the few products autocast keeps in fp32. Nothing changes
     on the CPU or MPS. It may change on --resume: it rounds differently, it trains the same run."""
     compile: bool = False
-    """Compile the model with torch.compile (faster steps after a slow first one)."""
+    """Compile the model with torch.compile (faster steps after a slow first one). Validation runs
+    eager: its eval-mode, no_grad forwards would each be new graphs."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps. Under torchrun, auto and cuda
     mean cuda:LOCAL_RANK."""

@@ -207,10 +207,14 @@ class Trainer:
         taking every W-th window; nats and bytes are summed over ranks before dividing (None
         when the split is empty)."""
         cfg, runtime = self.cfg, self.runtime
-        result = self.objective.validate(self.model, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                                         max_bytes=cfg.eval_bytes, rank=runtime.rank,
-                                         world_size=runtime.world_size, device=runtime.device,
-                                         autocast_dtype=runtime.autocast_dtype)
+        # Eager, even when train.compile compiled the model: evaluation runs in eval mode under
+        # no_grad and ends on a shorter batch, each a new graph (a recompile per evaluation at
+        # first, then dynamic shapes for the training graphs too). Nothing is compiled here.
+        with torch.compiler.set_stance("force_eager"):
+            result = self.objective.validate(self.model, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                                             max_bytes=cfg.eval_bytes, rank=runtime.rank,
+                                             world_size=runtime.world_size, device=runtime.device,
+                                             autocast_dtype=runtime.autocast_dtype)
         if result is None:
             return None
         nats, count = runtime.sum([result.nats, result.bytes])
