@@ -43,6 +43,7 @@ from megabyte.training.metrics import MetricsLog, Progress, format_duration, hum
 from megabyte.training.notices import HINT_MIN_STEPS, SpikeWatch, spike_warning, unigram_hint
 from megabyte.training.objective import as_objective
 from megabyte.training.optim import build_optimizer, lr_at
+from megabyte.training.parallel import compile_blocks
 from megabyte.training.run import (
     check_resumable,
     plan_schedule,
@@ -87,8 +88,8 @@ class Trainer:
         if fresh:
             self.model.load_frozen()  # an entropy model's weights; a resumed run restores its own
         torch.manual_seed(dropout_seed(cfg.seed, runtime.rank))  # dropout: a stream per process
-        if cfg.compile:
-            self.model.compile()
+        if cfg.compile:  # block by block, so that DDP's all-reduce overlaps the backward
+            compile_blocks(self.model)
         # What training steps call: self.model on the device, DDP around it, or self.model itself
         # sharded in place (FSDP2, block by block, so that the device never holds the whole model);
         # self.model is what is evaluated and saved. The optimizer comes after the sharding.

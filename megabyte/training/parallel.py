@@ -1,6 +1,7 @@
 """Data parallelism for the training loop, kept out of the model: DDP replicas, FSDP2 shards,
 and the full (gathered) state that a checkpoint holds whichever of them trained it.
 
+    compile_blocks(model)                            # train.compile: each block its own graphs
     network = apply_ddp(model, device)               # a replica per process, gradients averaged
     model = apply_fsdp(model, device, world_size, param_dtype=torch.bfloat16)  # in place: blocks, then root
     weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
@@ -36,6 +37,19 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     from megabyte.model.layers import TransformerStack
 
     return [block for module in model.modules() if isinstance(module, TransformerStack) for block in module.blocks]
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Compile every transformer block in place (`Module.compile`: the parameter names, and so
+    the checkpoints, stay as they are); the rest (embeddings, stage links, norms, heads) runs
+    eager. Compiling the whole module before DDP wraps it makes its backward one graph, so DDP's
+    gradient buckets are all-reduced only once the whole backward is done; per block, each
+    block's gradients are ready (and their all-reduce on its way) while the blocks below it are
+    still differentiating. FSDP2 sees the same boundaries: its gather and reduce-scatter hooks
+    run between the compiled blocks (Dynamo skips FSDP's hooks). The blocks of a stack share
+    one graph: the parameters are its inputs, not constants."""
+    for block in transformer_blocks(model):
+        block.compile()
 
 
 def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:

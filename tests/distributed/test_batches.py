@@ -82,8 +82,7 @@ def test_parallel_settings_validate():
     assert train == {"parallel": "fsdp", "dist_timeout": 90}
     with pytest.raises(MegabyteError, match="train.parallel: must be one of ddp, fsdp"):
         TrainConfig(max_steps=1, parallel="zero")
-    with pytest.raises(MegabyteError, match="train.compile=true is not supported with train.parallel=fsdp"):
-        TrainConfig(max_steps=1, parallel="fsdp", compile=True)
+    assert TrainConfig(max_steps=1, parallel="fsdp", compile=True).compile  # blocks compiled, then sharded
     with pytest.raises(MegabyteError, match="train.dist_timeout"):
         TrainConfig(max_steps=1, dist_timeout=0)
 

@@ -1,5 +1,6 @@
-"""train.compile: training steps run the compiled graphs, evaluation never does (no graph of
-eval mode, no_grad or the short last batch is compiled), and the losses are eager's.
+"""train.compile: every transformer block is compiled, the model around them is not; training
+steps run the compiled graphs, evaluation never does (no graph of eval mode, no_grad or the
+short last batch is compiled), and the losses are eager's.
 
 The compiler is a recording backend that runs the graphs Dynamo captures as they are (no
 Inductor: seconds, not minutes, on a CPU), so the numbers are eager's up to summation order."""
@@ -11,6 +12,7 @@ import torch
 
 from megabyte.training import TrainConfig, get_preset
 from megabyte.training.loop import Trainer
+from megabyte.training.parallel import transformer_blocks
 from megabyte.training.run import resolve_lengths
 from megabyte.training.runtime import Runtime
 
@@ -49,6 +51,23 @@ def _trainer(text_data, tmp_path, *, compile: bool) -> Trainer:
     runtime = Runtime(device=torch.device("cpu"), precision="fp32")
     return Trainer(cfg, model_cfg, text_data, tmp_path / ("compiled" if compile else "eager"), runtime,
                    progress=False)
+
+
+def test_each_block_is_compiled_and_the_model_around_them_is_not(recorder, text_data, tmp_path):
+    trainer = _trainer(text_data, tmp_path, compile=True)
+    blocks = transformer_blocks(trainer.model)
+    assert len(blocks) == 4 and all(block._compiled_call_impl is not None for block in blocks)
+    others = [m for m in trainer.model.modules() if not any(m is b or _within(m, b) for b in blocks)]
+    assert trainer.model in others and all(m._compiled_call_impl is None for m in others)
+    assert list(trainer.model.state_dict()) == list(_trainer(text_data, tmp_path, compile=False).model.state_dict())
+    trainer.train_step()
+    # One graph per stack (the blocks of a stack share it, their weights are its inputs), run
+    # by every block: a fall back to eager (the recompile limit) would run fewer.
+    assert (recorder.graphs, recorder.runs) == (2, len(blocks) * trainer.micro_steps)
+
+
+def _within(module: torch.nn.Module, block: torch.nn.Module) -> bool:
+    return any(module is inner for inner in block.modules())
 
 
 def test_evaluation_runs_no_compiled_graph_and_scores_as_eager(recorder, text_data, tmp_path):
