@@ -229,12 +229,11 @@ class Trainer:
         runtime = self.runtime
         model = self.model
         if runtime.sharded:  # gather the full weights and optimizer state onto rank 0's CPU
-            from megabyte.training.parallel import gather_state
+            from megabyte.training.parallel import gather_state, model_of
 
             weights, named = gather_state(self.model, self.optimizer)
             if runtime.is_main:
-                model = build_model(self.model_config)  # a plain copy, saved exactly as one process saves
-                model.load_state_dict(weights)
+                model = model_of(self.model_config, weights)  # around the gathered tensors: saved as one process saves
                 tensors, optimizer_meta = ckpt.split_optimizer_state(named)
             del weights, named
         elif runtime.is_main:

@@ -5,6 +5,7 @@ and the full (gathered) state that a checkpoint holds whichever of them trained 
     network = apply_ddp(model, device)               # a replica per process, gradients averaged
     model = apply_fsdp(model, device, world_size, param_dtype=torch.bfloat16)  # in place: blocks, then root
     weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
+    copy = model_of(config, weights)                 # rank 0: a model around them, to save
     scatter_state(model, optimizer, weights, optim)  # rank 0's full state, sharded onto every rank
 
 FSDP2 (`fully_shard`) gives every transformer block its own group: a block's weights are
@@ -20,7 +21,8 @@ gather and reduce in fp32.
 
 Checkpoints stay one safetensors file whatever the world size: the state is gathered to rank 0
 in full (`torch.distributed.checkpoint.state_dict`, on the CPU) and saved as a single process
-would save it, so a run saved by N processes resumes on M.
+would save it (through `model_of`: a model around the gathered tensors, not a second copy), so
+a run saved by N processes resumes on M.
 """
 
 from __future__ import annotations
@@ -100,6 +102,28 @@ def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def model_of(config: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of `config` whose parameters are the tensors of `weights` (a gathered state
+    dict), not copies: built on the meta device, so nothing is allocated or initialised twice
+    on rank 0 (a fresh CPU model would hold a second copy of the weights, and spend its time in
+    random initialisation). Parameters the model shares between modules (tied embeddings; the
+    gather gives each name its own tensor) are shared again, so it saves as one process saves."""
+    from megabyte.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+    shared: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(name)
+    model.load_state_dict(weights, assign=True)
+    for first, *others in (names for names in shared.values() if len(names) > 1):
+        param = model.get_parameter(first)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, param)
+    return model
 
 
 def scatter_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any],
