@@ -143,7 +143,8 @@ def test_generate_reads_the_bytes_back_once(monkeypatch, name):
     reads = []
     for method in ("tolist", "item", "__int__", "__bool__", "__float__", "__index__"):
         original = getattr(torch.Tensor, method)
-        monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _m=method, _o=original: reads.append(_m) or _o(self, *a))
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _m=method, _o=original: reads.append(_m) or _o(self, *a))
     got = megabyte.generate(model, b"abc", 40, seed=1)
     monkeypatch.undo()
     assert got == want and reads == ["tolist"]
