@@ -9,6 +9,11 @@ byte stage once per byte (see `Megabyte.continue_decoding`); the baselines keep 
 `use_cache=False` re-runs the whole model over the whole prefix for every byte: the slow
 reference the cached path is tested against.
 
+On a GPU, decoding one byte is a few dozen small kernels, so what stalls their queue shows:
+the caches hold the dtype attention computes in (the autocast dtype under `torch.autocast`),
+and `generate` without stop sequences keeps the sampled bytes on the device and reads them
+back once at the end (`stream`, and stop sequences, need each byte on the host as it comes).
+
 When a sequence reaches the model's `max_seq_len`, generation either stops with a warning
 (`on_max_len="stop"`) or slides (`on_max_len="slide"`, the default): decoding restarts from the
 last `max_seq_len // 2` bytes, which then serve as the whole context.
@@ -66,15 +71,26 @@ def sample_next(
 
 
 class _Decoder:
-    """Next-byte logits for a batch of equal-length prompts, cached or not, sliding at the limit."""
+    """Next-byte logits for a batch of equal-length prompts, cached or not, sliding at the limit.
+
+    The bytes so far live in one buffer of the model's length, written in place: a sequence
+    grown by concatenation would copy all of it for every byte."""
 
     def __init__(self, model, prompt: Tensor, *, use_cache: bool, on_max_len: str) -> None:
         self.model, self.use_cache, self.on_max_len = model, use_cache, on_max_len
         self.limit = model.config.max_seq_len
-        self.seq = prompt  # (B, L): everything decoded so far (the context, once sliding)
-        if self.seq.shape[1] >= self.limit:
+        B, L = prompt.shape
+        self.data = prompt.new_zeros(B, max(L, self.limit))  # (B, limit): decoded bytes, the first `length`
+        self.data[:, :L] = prompt
+        self.length = L
+        if self.length >= self.limit:
             self._slide_or_stop()
         self.logits = self._restart()
+
+    @property
+    def seq(self) -> Tensor:
+        """Everything decoded so far (B, length): the context, once sliding."""
+        return self.data[:, : self.length]
 
     def _restart(self) -> Tensor:
         if self.use_cache:
@@ -95,11 +111,13 @@ class _Decoder:
             f"reached the model's max_seq_len ({self.limit} bytes): continuing from the last {keep} bytes",
             stacklevel=4,
         )
-        self.seq = self.seq[:, -keep:]
+        self.data[:, :keep] = self.data[:, self.length - keep : self.length].clone()
+        self.length = keep
 
     def advance(self, next_bytes: Tensor) -> None:
-        self.seq = torch.cat([self.seq, next_bytes[:, None]], dim=1)
-        if self.seq.shape[1] >= self.limit:
+        self.data[:, self.length] = next_bytes
+        self.length += 1
+        if self.length >= self.limit:
             self._slide_or_stop()
             self.logits = self._restart()
         elif self.use_cache:
@@ -191,6 +209,23 @@ def stream(
             return
 
 
+def _until_stops(steps: Iterator[Tensor], rows: int, stops: list[bytes]) -> list[bytearray]:
+    """Each row's bytes from `steps` ((B,) per byte) up to and with its first stop sequence;
+    stops decoding once every row has stopped. Each byte is looked at as it comes (a host sync
+    per byte: the price of stopping on time)."""
+    outs = [bytearray() for _ in range(rows)]
+    done = [False] * rows
+    for nxt in steps:
+        for r, value in enumerate(nxt.tolist()):
+            if not done[r]:
+                outs[r].append(value)
+                done[r] = any(outs[r].endswith(s) for s in stops)
+        if all(done):
+            steps.close()
+            break
+    return outs
+
+
 def generate(
     model, prompt: bytes | Sequence[bytes], max_new_bytes: int, *, temperature: float = 1.0,
     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -206,10 +241,8 @@ def generate(
     if max_new_bytes < 0:
         raise MegabyteError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
     if isinstance(prompt, (bytes, bytearray, memoryview)):
-        return b"".join(
-            stream(model, bytes(prompt), max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-                   seed=seed, stop=stop, use_cache=use_cache, on_max_len=on_max_len)
-        )
+        return generate(model, [bytes(prompt)], max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, stop=stop, use_cache=use_cache, on_max_len=on_max_len)[0]
     prompts = [bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else p for p in prompt]
     device = _device(model)
     stops = _stops(stop)
@@ -222,20 +255,15 @@ def generate(
     for length in sorted(by_length):
         rows = by_length[length]
         batch = torch.cat([_as_tensor(prompts[i], device) for i in rows])  # (B, L)
-        outs = [bytearray() for _ in rows]
-        done = [False] * len(rows)
         steps = _generate_rows(
             model, batch, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
             generator=generator, stops=stops, use_cache=use_cache, on_max_len=on_max_len,
         )
-        for nxt in steps:
-            for r, value in enumerate(nxt.tolist()):
-                if not done[r]:
-                    outs[r].append(value)
-                    done[r] = any(outs[r].endswith(s) for s in stops)
-            if all(done):
-                steps.close()
-                break
+        if stops:
+            outs = _until_stops(steps, len(rows), stops)
+        else:  # nothing to watch for: the bytes stay on the device to the end, no host sync per byte
+            produced = list(steps)
+            outs = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in rows]  # (B, new)
         for r, i in enumerate(rows):
             results[i] = bytes(outs[r])
     return results

@@ -102,3 +102,49 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 def test_text_prompt_must_be_encoded():
     with pytest.raises(MegabyteError, match="encode text first"):
         megabyte.generate(make("transformer"), "text", 5)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
+def test_caches_hold_the_dtype_attention_computes_in(name):
+    """fp32 caches for an fp32 forward; bf16 ones under bf16 autocast (no conversion per layer
+    and byte); decoding under autocast still equals the uncached pass, to bf16's precision."""
+    model = make(name).eval()
+    prompt = torch.tensor([list(b"hello, world")])
+
+    def cache_dtypes(state) -> set:
+        found, todo = set(), [vars(state)]
+        while todo:
+            for value in todo.pop().values():
+                if isinstance(value, (list, tuple)):
+                    todo.append(dict(enumerate(value)))
+                elif hasattr(value, "k") and isinstance(value.k, torch.Tensor):
+                    found.add(value.k.dtype)
+                elif hasattr(value, "__dict__") and not isinstance(value, torch.Tensor):
+                    todo.append(vars(value))
+        return found
+
+    assert cache_dtypes(model.start_decoding(prompt)[1]) == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = model.start_decoding(prompt)
+        assert cache_dtypes(state) == {torch.bfloat16}
+        cached = megabyte.generate(model, b"hello, world", 12, temperature=0)
+        logits = model.continue_decoding(state, torch.tensor([ord("!")]))
+        full = model(torch.tensor([list(b"hello, world!") + [0]]))[:, -1]
+    assert len(cached) == 12
+    torch.testing.assert_close(logits.float(), full.float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["megabyte-2stage", "transformer"])
+def test_generate_reads_the_bytes_back_once(monkeypatch, name):
+    """Without stop sequences the sampled bytes stay on the device: one copy to the host at the
+    end, no host sync per byte (on a GPU each one stalls the queue of kernels)."""
+    model = make(name)
+    want = megabyte.generate(model, b"abc", 40, seed=1)
+    reads = []
+    for method in ("tolist", "item", "__int__", "__bool__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _m=method, _o=original: reads.append(_m) or _o(self, *a))
+    got = megabyte.generate(model, b"abc", 40, seed=1)
+    monkeypatch.undo()
+    assert got == want and reads == ["tolist"]

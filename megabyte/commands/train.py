@@ -94,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, data order and dropout")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
-    p.add_argument("--compile", action="store_true", default=None, help="compile the model with torch.compile")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="compile every transformer block with torch.compile")
     p.add_argument("--parallel", choices=("ddp", "fsdp"),
                    help="under torchrun: ddp (replicas, the default) or fsdp (FSDP2 shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

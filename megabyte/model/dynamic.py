@@ -146,14 +146,13 @@ def start_decoding(model, prompt: Tensor) -> tuple[Tensor, DynamicState]:
     cfg = model.config
     B, L = prompt.shape
     buf = ByteBuffer(prompt.long(), cfg.max_seq_len)
-    ref = model.head.weight
     g, loc = model.stages
     x = buf.window(0, L + 1)
     lay = layout_of(model, x)
     here = lay.patch[:, L]  # the patch of the byte to predict
     W = window_width(cfg)
-    gcaches = g.transformer.new_caches(B, cfg.patch_cap, device=ref.device, dtype=ref.dtype, cls=RowKVCache)
-    lcaches = loc.transformer.new_caches(B, 2 * W, device=ref.device, dtype=ref.dtype)
+    gcaches = g.transformer.new_caches(B, cfg.patch_cap, cls=RowKVCache)
+    lcaches = loc.transformer.new_caches(B, 2 * W)
     lengths = (here + 1).clamp(max=cfg.patch_cap)
     captures = [[_GlobalCapture(c, lengths) for c in gcaches], [_TailCapture(c, L + 1, W) for c in lcaches]]
     gout, h = run_stages(model, x, captures)

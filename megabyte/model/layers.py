@@ -21,6 +21,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype of what a layer with `weight` computes: autocast's while autocast is on for the
+    weight's device (bf16 keys and values from fp32 weights), else the weight's own."""
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
 class KVCache:
     """Keys and values of one attention layer, preallocated, for incremental decoding.
 
@@ -328,9 +335,14 @@ class TransformerStack(nn.Module):
                 x = block(x, groups=groups, cache=cache, window=window)
         return self.norm(x)
 
-    def new_caches(self, rows: int, capacity: int, *, device, dtype, cls: type = KVCache) -> list[KVCache]:
+    def new_caches(self, rows: int, capacity: int, *, cls: type = KVCache) -> list[KVCache]:
+        """One cache per block, on the stack's device, in the dtype its keys and values are
+        computed in (`compute_dtype`): a cache of another dtype costs a conversion per layer and
+        byte on writing, and another when attention reads it back."""
+        weight = self.norm.weight
         head_dim = self.dim // self.heads
-        return [cls(rows, self.heads, capacity, head_dim, device=device, dtype=dtype) for _ in self.blocks]
+        return [cls(rows, self.heads, capacity, head_dim, device=weight.device, dtype=compute_dtype(weight))
+                for _ in self.blocks]
 
     def init_weights(self, std: float = 0.02) -> None:
         """GPT-2 style: normal(0, std), residual output projections scaled by 1/sqrt(2 * depth)."""

@@ -441,7 +441,6 @@ class Megabyte(ByteModel):
         if cfg.dynamic:
             return dynamic.start_decoding(self, prompt)
         buf = ByteBuffer(prompt.long(), cfg.padded_len)
-        ref = self.head.weight
         state = _DecodeState(buf=buf, caches=[], outs=[])
         captures = []
         for i, stage in enumerate(self.stages):
@@ -450,7 +449,7 @@ class Megabyte(ByteModel):
                 capacity, row, keep = cfg.padded_len // stage.sub_size, 0, m + 1
             else:
                 capacity, row, keep = cfg.cross_patch + stage.positions, m // stage.positions, m % stage.positions + 1
-            caches = stage.transformer.new_caches(B, capacity, device=ref.device, dtype=ref.dtype)
+            caches = stage.transformer.new_caches(B, capacity)
             state.caches.append(caches)
             prefix = cfg.cross_patch if i else 0
             captures.append([KVCapture(c, row=row, keep=keep, prefix=prefix) for c in caches])

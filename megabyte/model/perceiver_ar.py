@@ -96,11 +96,10 @@ class PerceiverAR(ByteModel):
         cfg = self.config
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
-        ref = self.head.weight
         state = _DecodeState(
             buf=ByteBuffer(prompt.long(), cfg.max_seq_len),
-            cross=self.cross.new_caches(B, cfg.max_seq_len, device=ref.device, dtype=ref.dtype),
-            latent=self.latent.new_caches(B, cfg.num_latents, device=ref.device, dtype=ref.dtype),
+            cross=self.cross.new_caches(B, cfg.max_seq_len),
+            latent=self.latent.new_caches(B, cfg.num_latents),
         )
         h = self.cross(self.embed(state.buf.data, 0, L + 1), caches=state.cross)  # positions 0..L
         chunk_start = L // cfg.num_latents * cfg.num_latents

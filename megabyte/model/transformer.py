@@ -105,8 +105,7 @@ class Transformer(ByteModel):
         cfg = self.config
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
-        ref = self.head.weight
-        caches = self.transformer.new_caches(B, cfg.max_seq_len, device=ref.device, dtype=ref.dtype)
+        caches = self.transformer.new_caches(B, cfg.max_seq_len)
         state = _DecodeState(ByteBuffer(prompt.long(), cfg.max_seq_len), caches)
         h = self.transformer(self.embed(state.buf.data, 0, L + 1), caches=caches)  # positions 0..L
         return self.head(h[:, -1]), state

@@ -104,7 +104,9 @@ class TrainConfig:
     Under bf16 autocast it touches only the few products autocast keeps in fp32. Nothing changes
     on the CPU or MPS. It may change on --resume: it rounds differently, it trains the same run."""
     compile: bool = False
-    """Compile the model with torch.compile (faster steps after a slow first one)."""
+    """Compile every transformer block with torch.compile (faster steps after a slow first one;
+    block by block, so that DDP and FSDP2 communicate while the backward runs). Validation runs
+    eager: its eval-mode, no_grad forwards would each be new graphs."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps. Under torchrun, auto and cuda
     mean cuda:LOCAL_RANK."""
@@ -155,8 +157,6 @@ class TrainConfig:
         _require(isinstance(self.device, str) and bool(self.device), "device", "must be a device name")
         _require(self.parallel in PARALLELS, "parallel",
                  f"must be one of {', '.join(PARALLELS)}, got {self.parallel!r}")
-        _require(not (self.compile and self.parallel == "fsdp"), "compile",
-                 "train.compile=true is not supported with train.parallel=fsdp; use ddp or drop compile")
         _require(_is_number(self.dist_timeout) and self.dist_timeout > 0, "dist_timeout",
                  f"must be > 0 seconds, got {self.dist_timeout!r}")
 

@@ -43,6 +43,7 @@ from megabyte.training.metrics import MetricsLog, Progress, format_duration, hum
 from megabyte.training.notices import HINT_MIN_STEPS, SpikeWatch, spike_warning, unigram_hint
 from megabyte.training.objective import as_objective
 from megabyte.training.optim import build_optimizer, lr_at
+from megabyte.training.parallel import compile_blocks
 from megabyte.training.run import (
     check_resumable,
     plan_schedule,
@@ -87,8 +88,8 @@ class Trainer:
         if fresh:
             self.model.load_frozen()  # an entropy model's weights; a resumed run restores its own
         torch.manual_seed(dropout_seed(cfg.seed, runtime.rank))  # dropout: a stream per process
-        if cfg.compile:
-            self.model.compile()
+        if cfg.compile:  # block by block, so that DDP's all-reduce overlaps the backward
+            compile_blocks(self.model)
         # What training steps call: self.model on the device, DDP around it, or self.model itself
         # sharded in place (FSDP2, block by block, so that the device never holds the whole model);
         # self.model is what is evaluated and saved. The optimizer comes after the sharding.
@@ -207,10 +208,14 @@ class Trainer:
         taking every W-th window; nats and bytes are summed over ranks before dividing (None
         when the split is empty)."""
         cfg, runtime = self.cfg, self.runtime
-        result = self.objective.validate(self.model, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                                         max_bytes=cfg.eval_bytes, rank=runtime.rank,
-                                         world_size=runtime.world_size, device=runtime.device,
-                                         autocast_dtype=runtime.autocast_dtype)
+        # Eager, even when train.compile compiled the model: evaluation runs in eval mode under
+        # no_grad and ends on a shorter batch, each a new graph (a recompile per evaluation at
+        # first, then dynamic shapes for the training graphs too). Nothing is compiled here.
+        with torch.compiler.set_stance("force_eager"):
+            result = self.objective.validate(self.model, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                                             max_bytes=cfg.eval_bytes, rank=runtime.rank,
+                                             world_size=runtime.world_size, device=runtime.device,
+                                             autocast_dtype=runtime.autocast_dtype)
         if result is None:
             return None
         nats, count = runtime.sum([result.nats, result.bytes])
@@ -224,12 +229,11 @@ class Trainer:
         runtime = self.runtime
         model = self.model
         if runtime.sharded:  # gather the full weights and optimizer state onto rank 0's CPU
-            from megabyte.training.parallel import gather_state
+            from megabyte.training.parallel import gather_state, model_of
 
             weights, named = gather_state(self.model, self.optimizer)
             if runtime.is_main:
-                model = build_model(self.model_config)  # a plain copy, saved exactly as one process saves
-                model.load_state_dict(weights)
+                model = model_of(self.model_config, weights)  # around the gathered tensors: saved as one process saves
                 tensors, optimizer_meta = ckpt.split_optimizer_state(named)
             del weights, named
         elif runtime.is_main:

@@ -1,9 +1,11 @@
 """Data parallelism for the training loop, kept out of the model: DDP replicas, FSDP2 shards,
 and the full (gathered) state that a checkpoint holds whichever of them trained it.
 
+    compile_blocks(model)                            # train.compile: each block its own graphs
     network = apply_ddp(model, device)               # a replica per process, gradients averaged
-    model = apply_fsdp(model, device, world_size)    # in place: every block, then the root, sharded
+    model = apply_fsdp(model, device, world_size, param_dtype=torch.bfloat16)  # in place: blocks, then root
     weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
+    copy = model_of(config, weights)                 # rank 0: a model around them, to save
     scatter_state(model, optimizer, weights, optim)  # rank 0's full state, sharded onto every rank
 
 FSDP2 (`fully_shard`) gives every transformer block its own group: a block's weights are
@@ -12,9 +14,15 @@ as its backward is done. The root group (embeddings, stage links, final norms, t
 and any tied weights) is sharded last. A sharded forward is a collective: every rank must run
 the same number of them (the trainer's evaluation pads its batches for this).
 
+Under bf16 autocast the blocks' weights are all-gathered in bf16 (half the traffic and the
+memory of an unsharded block) and their gradients reduce-scattered in fp32 (sums of bf16
+gradients over many ranks lose bits); the master weights and the optimizer stay fp32. fp32 runs
+gather and reduce in fp32.
+
 Checkpoints stay one safetensors file whatever the world size: the state is gathered to rank 0
 in full (`torch.distributed.checkpoint.state_dict`, on the CPU) and saved as a single process
-would save it, so a run saved by N processes resumes on M.
+would save it (through `model_of`: a model around the gathered tensors, not a second copy), so
+a run saved by N processes resumes on M.
 """
 
 from __future__ import annotations
@@ -33,6 +41,19 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [block for module in model.modules() if isinstance(module, TransformerStack) for block in module.blocks]
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """Compile every transformer block in place (`Module.compile`: the parameter names, and so
+    the checkpoints, stay as they are); the rest (embeddings, stage links, norms, heads) runs
+    eager. Compiling the whole module before DDP wraps it makes its backward one graph, so DDP's
+    gradient buckets are all-reduced only once the whole backward is done; per block, each
+    block's gradients are ready (and their all-reduce on its way) while the blocks below it are
+    still differentiating. FSDP2 sees the same boundaries: its gather and reduce-scatter hooks
+    run between the compiled blocks (Dynamo skips FSDP's hooks). The blocks of a stack share
+    one graph: the parameters are its inputs, not constants."""
+    for block in transformer_blocks(model):
+        block.compile()
+
+
 def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model` (rank 0's weights are broadcast to all)."""
     from torch.nn.parallel import DistributedDataParallel
@@ -40,17 +61,32 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, *,
+               param_dtype: torch.dtype | None = None) -> nn.Module:
     """Shard `model` (built on the CPU) in place with FSDP2 over all `world_size` processes: each
     transformer block, then the root. `fully_shard` moves a group to `device` as it shards it, so
     the device holds one block in full at most. Returns `model` (its parameters are now DTensors:
-    build the optimizer after this)."""
+    build the optimizer after this).
+
+    `param_dtype` is the run's autocast dtype (None: fp32). With bf16, each block gets
+    `MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)`: without it FSDP2 gathers
+    fp32 weights only for autocast to cast them again, and reduces in fp32 anyway. On CUDA the
+    block's inputs are left as they come (`cast_forward_inputs=False`), so the residual stream
+    stays fp32 as under autocast on one process: CUDA autocast runs layer_norm in fp32 whatever
+    its weight's dtype. CPU autocast leaves layer_norm alone, and its kernel refuses an fp32 input
+    with a bf16 weight, so on the CPU (test runs) the block's inputs are cast to bf16. The root
+    (embedding tables, final norms, heads: a small share of the weights) keeps fp32: autocast
+    does not cast an embedding lookup, and a bf16 table would change what one process computes."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
+    blocks = {}
+    if param_dtype is not None:
+        blocks["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=device.type != "cuda")
     for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, **blocks)
     fully_shard(model, mesh=mesh)
     return model
 
@@ -66,6 +102,28 @@ def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def model_of(config: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of `config` whose parameters are the tensors of `weights` (a gathered state
+    dict), not copies: built on the meta device, so nothing is allocated or initialised twice
+    on rank 0 (a fresh CPU model would hold a second copy of the weights, and spend its time in
+    random initialisation). Parameters the model shares between modules (tied embeddings; the
+    gather gives each name its own tensor) are shared again, so it saves as one process saves."""
+    from megabyte.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+    shared: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(name)
+    model.load_state_dict(weights, assign=True)
+    for first, *others in (names for names in shared.values() if len(names) > 1):
+        param = model.get_parameter(first)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, param)
+    return model
 
 
 def scatter_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any],

@@ -90,7 +90,7 @@ class Runtime:
         if self.sharded:
             from megabyte.training import parallel
 
-            return parallel.apply_fsdp(model, self.device, self.world_size)
+            return parallel.apply_fsdp(model, self.device, self.world_size, param_dtype=self.autocast_dtype)
         model.to(self.device)
         if not self.distributed:
             return model

@@ -82,8 +82,7 @@ def test_parallel_settings_validate():
     assert train == {"parallel": "fsdp", "dist_timeout": 90}
     with pytest.raises(MegabyteError, match="train.parallel: must be one of ddp, fsdp"):
         TrainConfig(max_steps=1, parallel="zero")
-    with pytest.raises(MegabyteError, match="train.compile=true is not supported with train.parallel=fsdp"):
-        TrainConfig(max_steps=1, parallel="fsdp", compile=True)
+    assert TrainConfig(max_steps=1, parallel="fsdp", compile=True).compile  # blocks compiled, then sharded
     with pytest.raises(MegabyteError, match="train.dist_timeout"):
         TrainConfig(max_steps=1, dist_timeout=0)
 
@@ -97,3 +96,56 @@ def test_without_torchrun_a_process_is_rank_0_of_1(monkeypatch):
     model = torch.nn.Linear(2, 2)
     assert runtime.wrap(model) is model and runtime.sum([1, 2.5]) == [1.0, 2.5]
     assert launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
+
+
+@pytest.mark.parametrize("precision, device, policy", [
+    ("fp32", "cpu", None), ("bf16", "cpu", (torch.bfloat16, torch.float32, True)),
+    ("bf16", "cuda", (torch.bfloat16, torch.float32, False)),
+])
+def test_fsdp_gathers_blocks_in_the_autocast_dtype(monkeypatch, precision, device, policy):
+    """bf16 runs gather every block's weights in bf16 and reduce its gradients in fp32 (the
+    residual stream enters a block as it is on CUDA, cast on the CPU); fp32 runs and the root
+    get no policy. `fully_shard` recorded, not run: no process group is needed."""
+    import torch.distributed.device_mesh
+    import torch.distributed.fsdp
+
+    from megabyte.model import build_model
+    from megabyte.training.parallel import transformer_blocks
+
+    calls = []
+    monkeypatch.setattr(torch.distributed.device_mesh, "init_device_mesh", lambda *args, **kwargs: "mesh")
+    monkeypatch.setattr(torch.distributed.fsdp, "fully_shard",
+                        lambda module, **kwargs: calls.append((module, kwargs.get("mp_policy"))))
+    model = build_model(get_preset("tiny").model_config("megabyte"))
+    runtime = Runtime(device=torch.device(device), precision=precision, world_size=2, parallel="fsdp",
+                      distributed=True)
+    assert runtime.wrap(model) is model
+    blocks = transformer_blocks(model)
+    assert [module for module, _ in calls] == [*blocks, model]  # every block, then the root
+    assert calls[-1][1] is None
+    for _, mp in calls[:-1]:
+        got = None if mp is None else (mp.param_dtype, mp.reduce_dtype, mp.cast_forward_inputs)
+        assert got == policy
+
+
+@pytest.mark.parametrize("name", ["megabyte-2stage", "megabyte-space-cross-patch-conv", "transformer", "perceiver-ar"])
+def test_the_model_saved_under_fsdp_holds_the_gathered_tensors(name, tmp_path):
+    """Rank 0 saves a model built around the gathered tensors (no second copy, no initialisation),
+    ties restored, writing the file one process writes."""
+    from safetensors.torch import load_file
+
+    from megabyte.training.parallel import model_of
+    from tests.model.configs import MODEL_CONFIGS, make
+
+    model = make(name)
+    gathered = {key: value.clone() for key, value in model.state_dict().items()}  # what the gather gives
+    copy = model_of(MODEL_CONFIGS[name], gathered)
+    state = copy.state_dict()
+    assert list(state) == list(gathered) and not any(t.is_meta for t in state.values())
+    assert {t.data_ptr() for t in state.values()} <= {t.data_ptr() for t in gathered.values()}  # not copied
+    assert len(list(copy.parameters())) == len(list(model.parameters()))  # tied weights tied again
+    model.save_pretrained(tmp_path / "one")
+    copy.save_pretrained(tmp_path / "gathered")
+    want = load_file(tmp_path / "one" / "model.safetensors")
+    got = load_file(tmp_path / "gathered" / "model.safetensors")
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)

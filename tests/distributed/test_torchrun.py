@@ -25,6 +25,7 @@ COMMON = ["--preset", "tiny", "--batch-size", "2", "--eval-every", "3", "--save-
 OVERRIDES = [f"train.decay_steps={2 * K}", "train.grad_accum=4"]
 FAILING = str(Path(__file__).with_name("failing_rank.py"))
 CLEAN_EXIT = str(Path(__file__).with_name("clean_exit.py"))
+COMPILED = str(Path(__file__).with_name("compiled.py"))
 
 
 def assert_clean_exit(done, ranks=(0, 1)) -> None:
@@ -84,6 +85,37 @@ def test_fsdp_on_two_then_resume_on_one(reference, text_data, tmp_path):
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert main(["train", "--out", str(run), "--resume", "--max-steps", str(2 * K), "--no-progress"]) == 0
     assert_follows(run, reference, 2 * K)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_compiled_blocks_on_two_follow_one_eager(reference, text_data, tmp_path, parallel):
+    """train.compile under DDP and FSDP2 (blocks compiled one by one, AOTAutograd without
+    Inductor: see compiled.py): every rank runs compiled graphs, the losses are eager's."""
+    run = tmp_path / "run"
+    done, _ = torchrun("train", *OVERRIDES, "--data", str(text_data), "--out", str(run), *COMMON, "--max-steps", str(K),
+                       "--compile", "--parallel", parallel, script=COMPILED)
+    assert done.returncode == 0, done.stdout
+    assert "(fp32, compiled)" in done.stdout
+    assert "rank 0: compiled graph 1 ran" in done.stdout and "rank 1: compiled graph 1 ran" in done.stdout
+    assert_follows(run, reference, K)
+
+
+def test_bf16_fsdp_on_two_follows_one(text_data, tmp_path):
+    """bf16 autocast under FSDP2 (blocks gathered in bf16, gradients reduced in fp32) follows a
+    single bf16 process to bf16's precision, not to summation order."""
+    bf16 = ["train.precision=bf16", "--data", str(text_data), "--max-steps", "3"]
+    assert train(*bf16, "--out", str(tmp_path / "one")) == 0
+    done, _ = torchrun("train", *OVERRIDES, *bf16, "--out", str(tmp_path / "two"), *COMMON, "--parallel", "fsdp")
+    assert done.returncode == 0, done.stdout
+    assert "(bf16 autocast)" in done.stdout
+    reference = losses(tmp_path / "one")
+    assert reference[-1][2] is not None
+    got = losses(tmp_path / "two")
+    assert [s for s, _, _ in got] == [s for s, _, _ in reference]
+    for (_, train_bpb, val_bpb), (_, want_train, want_val) in zip(got, reference):
+        assert train_bpb == pytest.approx(want_train, rel=1e-3)
+        if want_val is not None:
+            assert val_bpb == pytest.approx(want_val, rel=1e-3)
 
 
 def test_one_then_resume_on_two_with_fsdp(reference, text_data, tmp_path):
