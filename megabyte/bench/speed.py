@@ -1,7 +1,8 @@
 """The speed table: every row side by side in one invocation, each measurement in its own process.
 
 For each sequence length, every row takes `warmup` training steps and then `steps` timed ones
-(batch 1 unless `batch` says otherwise); then every row generates `new_bytes` after a
+(batch 1 unless `batch` says otherwise: on a GPU, batch 1 of a 25M model measures kernel launches,
+not the model; benchmarks/gpu.sh runs 32 sequences a step); then every row generates `new_bytes` after a
 `prompt_bytes` prompt. The peak FLOP/s of large matrix products is measured before and after,
 in the same threads, and the higher of the two is the peak that MFU divides by (so a quiet
 moment at either end cannot flatter MFU). Medians over the timed steps; the spread is half the
@@ -148,7 +149,8 @@ def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any
     for label, row in results["rows"].items():
         spec = row["spec"]
         peak = results["peak"].get(spec["dtype"])
-        out: dict[str, Any] = {"dtype": spec["dtype"], "compile": spec["compile"], "train": {}}
+        out: dict[str, Any] = {"dtype": spec["dtype"], "compile": spec["compile"], "tf32": spec.get("tf32", False),
+                               "setting": RowSpec(**spec).setting, "train": {}}
         for T, r in row["train"].items():
             if "error" in r:
                 out["train"][T] = {"error": r["error"]}
@@ -213,7 +215,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     opts = results["options"]
     lens = [str(T) for T in opts["seq_lens"]] if opts.get("train", True) else []
     last = lens[-1] if lens else None
-    head = ["row", "params", "dtype"] + [f"train B/s @{T}" for T in lens]
+    head = ["row", "setting", "params", "dtype", "batch"] + [f"train B/s @{T}" for T in lens]
     if last:
         head += [f"MFU @{last}", f"peak mem @{last}", f"FLOPs/byte @{last}", "bytes/patch"]
     if opts["generate"]:
@@ -221,8 +223,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     head += [f"x {REFERENCE}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for label, out in results["summary"].items():
-        tag = out["dtype"] + (" +compile" if out["compile"] else "")
-        cells = [f"`{label}`", _si(out["params"]) if "params" in out else "-", tag]
+        tag = out["dtype"] + (" +tf32" if out.get("tf32") else "") + (" +compile" if out["compile"] else "")
+        cells = [f"`{label}`", out.get("setting", "-"), _si(out["params"]) if "params" in out else "-", tag,
+                 str(opts.get("batch", 1))]
         for T in lens:
             s = out["train"].get(T, {})
             cells.append(_rate(s, 0))
@@ -242,6 +245,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     peak = results["peak"]
     notes = [
         "",
+        "Setting: `as its users run it` is each implementation's default on a GPU (ours bf16 autocast, the "
+        "others fp32 with PyTorch's defaults: no TF32 in matrix products); `bf16` is the same row in bf16 "
+        "autocast, the like-for-like comparison; `other` is neither.",
         "Peak matmul FLOP/s (best median of large square products, same threads, higher of before/after): "
         + ", ".join(f"{dt} {_si(v)}FLOP/s" for dt, v in peak.items() if v),
         "MFU = model FLOPs of a training step / median step time / the peak of the row's dtype. Model FLOPs: "
