@@ -259,8 +259,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
-def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024) -> dict[str, Any]:
-    """The largest batch of one row that fits: batch 1, 2, 4, ... until a step runs out of
+def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024,
+                     min_batch: int = 1) -> dict[str, Any]:
+    """The largest batch of one row that fits: batch `min_batch`, twice that, ... (1, 2, 4, ... by
+    default; a higher start saves a large model's small tries on a GPU) until a step runs out of
     memory, each in its own process; every batch that fitted is timed like a table row. Any other
     failure (an error, a timeout) says nothing about what fits: it stops the search as a
     MegabyteError instead of passing for the largest batch."""
@@ -277,7 +279,7 @@ def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max
 
     peaks = [worker(_peak_spec(opts), "matmul peak")]
     tries: list[dict[str, Any]] = []
-    batch = 1
+    batch = max(1, min_batch)
     while batch <= max_batch:
         task = {"task": "train", "row": asdict(spec), "seq_len": T, "batch": batch, "steps": opts.steps,
                 "warmup": opts.warmup}
