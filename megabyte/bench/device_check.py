@@ -38,6 +38,8 @@ from megabyte.atomic import atomic_write_bytes
 from megabyte.errors import MegabyteError
 
 STAGES = ("correctness", "training", "speed")
+GRACE_S = 60.0
+"""How long past the budget a check that started inside it may run: 420 + 60 s is 8 minutes."""
 
 
 @dataclass
@@ -81,8 +83,9 @@ class CheckOptions:
         return self.budget_s - (time.monotonic() - self.started)
 
     def timeout(self, most: float) -> float:
-        """A subprocess's timeout: `most` seconds, or what is left of the budget if less (at least 10)."""
-        return max(10.0, min(most, self.time_left()))
+        """A subprocess's timeout: `most` seconds, or what is left of the budget and `GRACE_S`
+        if less (at least 10): a check started inside the budget ends by budget + GRACE_S."""
+        return max(10.0, min(most, self.time_left() + GRACE_S))
 
 
 class Stage:
@@ -103,10 +106,13 @@ class Stage:
     def checks(self) -> list[dict[str, Any]]:
         return self.data["checks"]
 
-    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        """Run one check, guarded: its result, or None when it failed or was skipped."""
-        if self.opts.time_left() <= 0:
-            self.skip(name, f"out of time (budget {self.opts.budget_s:.0f} s)")
+    def run(self, name: str, fn: Callable[[], dict[str, Any]], needs_s: float = 0.0) -> dict[str, Any] | None:
+        """Run one check, guarded: its result, or None when it failed or was skipped (when less
+        than `needs_s`, its expected duration, is left of the budget)."""
+        left = self.opts.time_left()
+        if left <= 0 or left + GRACE_S < needs_s:
+            self.skip(name, f"out of time (budget {self.opts.budget_s:.0f} s, {max(0, left):.0f} s left, "
+                            f"needs about {needs_s:.0f} s)")
             return None
         log(f"[{self.data['stage']}] {name} ...")
         start = time.monotonic()

@@ -1,9 +1,10 @@
 """The speed table: every row side by side in one invocation, each measurement in its own process.
 
 For each sequence length, every row takes `warmup` training steps and then `steps` timed ones
-(batch 1 unless `batch` says otherwise: on a GPU, batch 1 of a 25M model measures kernel launches,
-not the model; benchmarks/gpu.sh runs 32 sequences a step); then every row generates `new_bytes` after a
-`prompt_bytes` prompt. The peak FLOP/s of large matrix products is measured before and after,
+(batch 1 unless `batch` says otherwise: on a GPU, batch 1 of a 25M model measures kernel
+launches, not the model; benchmarks/gpu.sh runs 32 sequences a step); then every row generates
+`new_bytes` after a `prompt_bytes` prompt (rows that differ only in training dtype or compile
+share one generation: it runs in fp32, eager, for every row). The peak FLOP/s of large matrix products is measured before and after,
 in the same threads, and the higher of the two is the peak that MFU divides by (so a quiet
 moment at either end cannot flatter MFU). Medians over the timed steps; the spread is half the
 range of the per-step rates, as a percentage of the median.
@@ -115,11 +116,17 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
                 pooled = results["rows"][s.label]["train"]
                 pooled[str(T)] = pool(pooled.get(str(T)), r)
     if opts.generate:
+        # Generation runs in fp32, eager, whatever the row's training dtype and compile
+        # (`Row.generate`): rows that differ only in those share one measurement.
+        done: dict[tuple[str, bool, bool], dict[str, Any]] = {}
         for s in opts.specs:
-            spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
-                    "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
-                    "repeats": opts.gen_repeats if s.name in ours() else 1}
-            results["rows"][s.label]["generate"] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
+            key = (s.name, s.heap, s.tf32)
+            if key not in done:
+                spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
+                        "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
+                        "repeats": opts.gen_repeats if s.name in ours() else 1}
+                done[key] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
+            results["rows"][s.label]["generate"] = done[key]
     peaks.append(worker(peak_spec, "matmul peak (after)"))
     results["peak"] = {
         dt: max((p[dt]["flops"] for p in peaks if dt in p), default=None) for dt in ("bf16", "fp32")

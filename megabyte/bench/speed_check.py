@@ -21,6 +21,10 @@ from typing import Any
 
 PEERS = ("megabyte-pytorch", "mblm")
 
+NEEDS_S = {"paper": 120.0, "table": 150.0, "compiled": 150.0}
+"""About how long each GPU measurement takes (process starts, a 1B model's steps, compiling):
+one that would end well past the budget is skipped, not cut off mid-way."""
+
 
 @dataclass(frozen=True)
 class SpeedPlan:
@@ -129,13 +133,16 @@ def stage_speed(stage, opts, work) -> None:
     """Stage 3, in order of importance; each measurement guarded and within the budget."""
     plan, found = SpeedPlan.for_device(opts.device, opts.table_batch), {}
     stage.data["plan"] = plan.__dict__
+    needs = {k: 0.0 if plan.quick else v for k, v in NEEDS_S.items()}
     stage.run("bf16 matmul peak", lambda: peak(plan, opts))
     size = "a small MEGABYTE (the CPU form)" if plan.quick else "the paper's text model"
-    stage.run(f"{size}, eager, largest batch at {plan.seq_len:,} bytes", lambda: paper_search(plan, opts, found))
+    stage.run(f"{size}, eager, largest batch at {plan.seq_len:,} bytes", lambda: paper_search(plan, opts, found),
+              needs_s=needs["paper"])
     stage.run(f"reference rows vs the other implementations, batch {plan.table_batch}",
-              lambda: reference_table(plan, opts))
+              lambda: reference_table(plan, opts), needs_s=needs["table"])
     if plan.compile:
-        stage.run("the paper's text model, compiled, at that batch", lambda: paper_compiled(plan, opts, found))
+        stage.run("the paper's text model, compiled, at that batch", lambda: paper_compiled(plan, opts, found),
+                  needs_s=needs["compiled"])
     else:
         stage.skip("the paper's text model, compiled", "GPU only: compiling takes longer here than the whole CPU form")
 

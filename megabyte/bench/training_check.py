@@ -1,8 +1,9 @@
 """The device check's second stage: the command line trains, resumes, runs under torchrun (DDP,
 FSDP2 and its resume), evaluates and samples on the device, as a user would run it.
 
-Everything goes through `python3 -m megabyte` (or `megabyte.cli.main` in this process, for the
-CPU form, where a process start costs more than the command), on a dataset prepared from the
+Everything goes through the command line: training as `python3 -m megabyte` processes (in this
+process through `megabyte.cli.main` for the CPU form, where a process start costs more than the
+command), prepare, eval and sample always in this process; on a dataset prepared from the
 Python standard library's `json` package (~48 kB of source, on every Python). torchrun is always
 a real `torch.distributed.run` with one process: NCCL on a GPU, gloo over the loopback on the CPU.
 """
@@ -75,8 +76,10 @@ class Commands:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
-    def megabyte(self, *args: str, timeout: float = 300) -> str:
-        if self.opts.inline:
+    def megabyte(self, *args: str, timeout: float = 300, inline: bool | None = None) -> str:
+        """`python3 -m megabyte ARGS`, or `megabyte.cli.main(ARGS)` here when `inline` (default:
+        the options'; prepare, eval and sample always: their process start proves nothing new)."""
+        if self.opts.inline if inline is None else inline:
             return self._inline(list(args))
         return self._process([sys.executable, "-m", "megabyte", *args], timeout)
 
@@ -161,7 +164,7 @@ def stage_training(stage, opts, work: Path) -> None:
     first: list[float] = []
 
     def prepare() -> dict[str, Any]:
-        cmd.megabyte("prepare", "text", os.path.dirname(json.__file__), "--out", str(data))
+        cmd.megabyte("prepare", "text", os.path.dirname(json.__file__), "--out", str(data), inline=True)
         return {"bytes": json.loads((data / "meta.json").read_text())["bytes"]}
 
     def train() -> dict[str, Any]:
@@ -193,7 +196,7 @@ def stage_training(stage, opts, work: Path) -> None:
 
 
 def _evaluate(cmd: Commands, opts, run: Path, data: Path) -> dict[str, Any]:
-    out = cmd.megabyte("eval", str(run), "--data", str(data), "--device", opts.device, "--json")
+    out = cmd.megabyte("eval", str(run), "--data", str(data), "--device", opts.device, "--json", inline=True)
     report = json.loads(out.strip().splitlines()[-1])
     bpb = float(report["bpb"])
     return {"pass": math.isfinite(bpb) and bpb < 8.0, "bpb": round(bpb, 4), "bytes": report.get("bytes"),
@@ -206,7 +209,7 @@ def _sample(cmd: Commands, opts, run: Path, work: Path) -> dict[str, Any]:
     for extra in ([], ["--no-cache"]):
         path = work / f"sample{len(texts)}.txt"
         cmd.megabyte("sample", str(run), "--prompt", prompt, "--max-bytes", str(new), "--temperature", "0",
-                     "--seed", "0", "--device", opts.device, "--out", str(path), *extra)
+                     "--seed", "0", "--device", opts.device, "--out", str(path), *extra, inline=True)
         texts.append(path.read_bytes())
     return {"pass": texts[0] == texts[1] and len(texts[0]) == len(prompt) + new, "bytes": len(texts[0]),
             "text": texts[0][:80].decode("utf-8", errors="replace")}

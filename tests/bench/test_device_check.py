@@ -71,8 +71,15 @@ def test_results_are_on_disk_as_each_check_ends(tmp_path):
 def test_checks_past_the_budget_are_skipped(tmp_path):
     stage = Stage(3, "speed", CheckOptions(device="cpu", out=str(tmp_path), budget_s=0))
     assert stage.run("late", lambda: {"pass": True}) is None
-    assert stage.checks == [{"name": "late", "status": "skipped", "why": "out of time (budget 0 s)"}]
+    assert stage.checks[0]["status"] == "skipped" and stage.checks[0]["why"].startswith("out of time (budget 0 s")
     assert stage.finish() == "fail"  # nothing passed: not a pass
+
+
+def test_a_check_that_needs_more_than_is_left_is_skipped(tmp_path):
+    stage = Stage(3, "speed", CheckOptions(device="cpu", out=str(tmp_path), budget_s=30))
+    assert stage.run("short", lambda: {"pass": True}, needs_s=60) == {}  # 30 s left + the grace
+    assert stage.run("long", lambda: {"pass": True}, needs_s=600) is None
+    assert [c["status"] for c in stage.checks] == ["pass", "skipped"]
 
 
 def test_options_are_checked():

@@ -63,3 +63,22 @@ def test_the_worker_sets_tf32_for_the_row(monkeypatch, row, want):
             "seq_len": 32, "steps": 1, "warmup": 0, "quick": True}
     r = worker.run_task(spec)
     assert "error" not in r and seen == [want]
+
+
+def test_rows_that_differ_only_in_training_dtype_share_one_generation(monkeypatch):
+    from megabyte.bench import speed
+
+    tasks: list[str] = []
+    real = speed.run_worker
+
+    def counting(spec, **kwargs):
+        tasks.append(spec["task"])
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(speed, "run_worker", counting)
+    opts = SpeedOptions(rows=["megabyte/eager", "megabyte/fp32/eager"], quick=True, inline=True, train=False,
+                        prompt_bytes=8, new_bytes=8, gen_repeats=1)
+    results = run_speed(opts, log=lambda _: None)
+    assert tasks.count("generate") == 1  # generation is fp32 and eager for every row (`Row.generate`)
+    rows = results["summary"]
+    assert rows["megabyte/eager"]["generate"] == rows["megabyte/fp32/eager"]["generate"]
