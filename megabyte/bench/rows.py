@@ -8,12 +8,16 @@ Reference sizes (issue 6): MEGABYTE global 512 x 6, local 256 x 4, P = 8 (about 
 the Transformer and PerceiverAR 512 x 8. `megabyte-pytorch` (lucidrains, 0.3.6) and `mblm` (IBM,
 0.4.2) are configured to the same global/local widths, depths and patch size, 8 heads of 64, MLP
 ratio 4, their flash-attention switch on as in their READMEs; they run as their users run them
-(fp32, eager, their own loss and `generate`) unless `--external-dtype bf16` says otherwise.
-Generation runs in fp32 for every row (see `Row.generate`).
+(fp32 with PyTorch's defaults, so no TF32 in matrix products; eager; their own loss and
+`generate`) unless `--external-dtype bf16` or a row option says otherwise. A table that compares
+implementations should hold every row twice, as its users run it and in bf16 (`/bf16`), so that
+the ratios measure the implementation and not the dtype; the table's `setting` column says
+which a row is (`RowSpec.setting`). Generation runs in fp32 for every row (see `Row.generate`).
 They are imported only here, lazily: without them their rows say "not installed".
 
 A row name may carry options after slashes: `megabyte/fp32/eager` is our MEGABYTE in fp32
-without `torch.compile`, whatever `--dtype` and `--compile` say for the other rows.
+without `torch.compile`, whatever `--dtype` and `--compile` say for the other rows; `tf32` lets
+fp32 matrix products run in TF32 on CUDA (`megabyte.training.runtime.float32_products`).
 `heap` / `malloc` switch the allocator setting that every `megabyte` command applies on the
 CPU (`megabyte.allocator`): our rows have it, the other implementations do not, as their users
 run them; `megabyte-pytorch/heap` shows what it would give them.
@@ -44,7 +48,14 @@ def ours() -> tuple[str, ...]:
 def all_rows() -> tuple[str, ...]:
     return (*ours(), *EXTERNAL)
 
-OPTIONS = ("fp32", "bf16", "eager", "compile", "heap", "malloc")
+OPTIONS = ("fp32", "bf16", "eager", "compile", "tf32", "heap", "malloc")
+
+
+def users_setting(name: str) -> tuple[str, bool]:
+    """(dtype, tf32) that a row's users get when they follow its README on a GPU: ours bf16
+    autocast (`megabyte train`'s precision auto), the other implementations fp32 with PyTorch's
+    defaults (TF32 off for matrix products)."""
+    return ("bf16", False) if name in ours() else ("fp32", False)
 
 
 class NotInstalled(Exception):
@@ -62,6 +73,8 @@ class RowSpec:
     heap: bool = False
     """Whether the row's process keeps large blocks in the heap (`megabyte.allocator.tune`), as
     every `megabyte` command does on the CPU: on for our rows, off for the other implementations."""
+    tf32: bool = False
+    """fp32 matrix products in TF32 on CUDA (nothing changes on the CPU)."""
 
     @classmethod
     def parse(cls, text: str, *, dtype: str, compile: bool, external_dtype: str) -> RowSpec:
@@ -74,15 +87,25 @@ class RowSpec:
         mine = name in ours()
         row_dtype = dtype if mine else external_dtype
         row_compile = compile and mine
-        heap = mine
+        heap, tf32 = mine, False
         for opt in opts:
             if opt in ("fp32", "bf16"):
                 row_dtype = opt
             elif opt in ("heap", "malloc"):
                 heap = opt == "heap"
+            elif opt == "tf32":
+                tf32 = True
             else:
                 row_compile = opt == "compile"
-        return cls(name=name, label=text.strip(), dtype=row_dtype, compile=row_compile, heap=heap)
+        return cls(name=name, label=text.strip(), dtype=row_dtype, compile=row_compile, heap=heap, tf32=tf32)
+
+    @property
+    def setting(self) -> str:
+        """Which comparison the row stands in: `as its users run it` (`users_setting`), `bf16`
+        (every row can be run so: the like-for-like one), or `other`."""
+        if (self.dtype, self.tf32) == users_setting(self.name):
+            return "as its users run it"
+        return "bf16" if self.dtype == "bf16" else "other"
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """The speed table: every row side by side in one invocation, each measurement in its own process.
 
 For each sequence length, every row takes `warmup` training steps and then `steps` timed ones
-(batch 1 unless `batch` says otherwise); then every row generates `new_bytes` after a
-`prompt_bytes` prompt. The peak FLOP/s of large matrix products is measured before and after,
-in the same threads, and the higher of the two is the peak that MFU divides by (so a quiet
-moment at either end cannot flatter MFU). Medians over the timed steps; the spread is half the
-range of the per-step rates, as a percentage of the median.
+(batch 1 unless `batch` says otherwise: on a GPU, batch 1 of a 25M model measures kernel
+launches, not the model; benchmarks/gpu.sh runs 32 sequences a step); then every row generates
+`new_bytes` after a `prompt_bytes` prompt (rows that differ only in training dtype or compile
+share one generation: it runs in fp32, eager, for every row). The peak FLOP/s of large matrix
+products is measured before and after, in the same threads, and the higher of the two is the
+peak that MFU divides by (so a quiet moment at either end cannot flatter MFU). Medians over the
+timed steps; the spread is half the range of the per-step rates, as a percentage of the median.
 """
 
 from __future__ import annotations
@@ -114,11 +116,17 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
                 pooled = results["rows"][s.label]["train"]
                 pooled[str(T)] = pool(pooled.get(str(T)), r)
     if opts.generate:
+        # Generation runs in fp32, eager, whatever the row's training dtype and compile
+        # (`Row.generate`): rows that differ only in those share one measurement.
+        done: dict[tuple[str, bool, bool], dict[str, Any]] = {}
         for s in opts.specs:
-            spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
-                    "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
-                    "repeats": opts.gen_repeats if s.name in ours() else 1}
-            results["rows"][s.label]["generate"] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
+            key = (s.name, s.heap, s.tf32)
+            if key not in done:
+                spec = {"task": "generate", "row": asdict(s), "prompt_bytes": opts.prompt_bytes,
+                        "new_bytes": opts.new_bytes, "max_seq_len": max(opts.seq_lens),
+                        "repeats": opts.gen_repeats if s.name in ours() else 1}
+                done[key] = worker(spec, f"{s.label}: generate {opts.new_bytes} bytes")
+            results["rows"][s.label]["generate"] = done[key]
     peaks.append(worker(peak_spec, "matmul peak (after)"))
     results["peak"] = {
         dt: max((p[dt]["flops"] for p in peaks if dt in p), default=None) for dt in ("bf16", "fp32")
@@ -147,8 +155,11 @@ def summarize_rows(results: dict[str, Any], opts: SpeedOptions) -> dict[str, Any
     summary: dict[str, Any] = {}
     for label, row in results["rows"].items():
         spec = row["spec"]
-        peak = results["peak"].get(spec["dtype"])
-        out: dict[str, Any] = {"dtype": spec["dtype"], "compile": spec["compile"], "train": {}}
+        # A TF32 row's fp32 products run faster than the fp32 peak (measured without TF32) allows:
+        # no MFU rather than a flattering one.
+        peak = None if spec.get("tf32") and spec["dtype"] == "fp32" else results["peak"].get(spec["dtype"])
+        out: dict[str, Any] = {"dtype": spec["dtype"], "compile": spec["compile"], "tf32": spec.get("tf32", False),
+                               "setting": RowSpec(**spec).setting, "train": {}}
         for T, r in row["train"].items():
             if "error" in r:
                 out["train"][T] = {"error": r["error"]}
@@ -213,7 +224,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     opts = results["options"]
     lens = [str(T) for T in opts["seq_lens"]] if opts.get("train", True) else []
     last = lens[-1] if lens else None
-    head = ["row", "params", "dtype"] + [f"train B/s @{T}" for T in lens]
+    head = ["row", "setting", "params", "dtype", "batch"] + [f"train B/s @{T}" for T in lens]
     if last:
         head += [f"MFU @{last}", f"peak mem @{last}", f"FLOPs/byte @{last}", "bytes/patch"]
     if opts["generate"]:
@@ -221,8 +232,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     head += [f"x {REFERENCE}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for label, out in results["summary"].items():
-        tag = out["dtype"] + (" +compile" if out["compile"] else "")
-        cells = [f"`{label}`", _si(out["params"]) if "params" in out else "-", tag]
+        tag = out["dtype"] + (" +tf32" if out.get("tf32") else "") + (" +compile" if out["compile"] else "")
+        cells = [f"`{label}`", out.get("setting", "-"), _si(out["params"]) if "params" in out else "-", tag,
+                 str(opts.get("batch", 1))]
         for T in lens:
             s = out["train"].get(T, {})
             cells.append(_rate(s, 0))
@@ -242,6 +254,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     peak = results["peak"]
     notes = [
         "",
+        "Setting: `as its users run it` is each implementation's default on a GPU (ours bf16 autocast, the "
+        "others fp32 with PyTorch's defaults: no TF32 in matrix products); `bf16` is the same row in bf16 "
+        "autocast, the like-for-like comparison; `other` is neither.",
         "Peak matmul FLOP/s (best median of large square products, same threads, higher of before/after): "
         + ", ".join(f"{dt} {_si(v)}FLOP/s" for dt, v in peak.items() if v),
         "MFU = model FLOPs of a training step / median step time / the peak of the row's dtype. Model FLOPs: "
@@ -253,8 +268,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
-def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024) -> dict[str, Any]:
-    """The largest batch of one row that fits: batch 1, 2, 4, ... until a step runs out of
+def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max_batch: int = 1024,
+                     min_batch: int = 1) -> dict[str, Any]:
+    """The largest batch of one row that fits: batch `min_batch`, twice that, ... (1, 2, 4, ... by
+    default; a higher start saves a large model's small tries on a GPU) until a step runs out of
     memory, each in its own process; every batch that fitted is timed like a table row. Any other
     failure (an error, a timeout) says nothing about what fits: it stops the search as a
     MegabyteError instead of passing for the largest batch."""
@@ -271,7 +288,7 @@ def run_batch_search(opts: SpeedOptions, log: Callable[[str], None] = print, max
 
     peaks = [worker(_peak_spec(opts), "matmul peak")]
     tries: list[dict[str, Any]] = []
-    batch = 1
+    batch = max(1, min_batch)
     while batch <= max_batch:
         task = {"task": "train", "row": asdict(spec), "seq_len": T, "batch": batch, "steps": opts.steps,
                 "warmup": opts.warmup}

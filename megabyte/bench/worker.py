@@ -101,6 +101,14 @@ def task_peak(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _products(spec: dict[str, Any], device):
+    """The fp32 matrix-product setting of the row's steps: TF32 only where the row asks
+    (`RowSpec.tf32`); otherwise full fp32, PyTorch's default, whatever the process had."""
+    from megabyte.training.runtime import float32_products
+
+    return float32_products(device, tf32=bool(spec["row"].get("tf32", False)))
+
+
 def _row(spec: dict[str, Any], torch, device, max_seq_len: int):
     from megabyte.bench.rows import RowSpec, Sizes, build_row
 
@@ -113,9 +121,10 @@ def task_train(spec: dict[str, Any]) -> dict[str, Any]:
     torch, device = _setup(spec)
     T, B = spec["seq_len"], spec.get("batch", 1)
     row = _row(spec, torch, device, T)
-    flops = row.flops(B, T)
-    step = row.train_step_fn(B, T)
-    r = timed(torch, device, step, warmup=spec.get("warmup", 2), steps=spec.get("steps", 5))
+    with _products(spec, device):
+        flops = row.flops(B, T)
+        step = row.train_step_fn(B, T)
+        r = timed(torch, device, step, warmup=spec.get("warmup", 2), steps=spec.get("steps", 5))
     r.update(params=row.params, flops=flops, bytes_per_step=B * T, peak_memory=peak_memory(torch, device),
              bytes_per_patch=row.bytes_per_patch(B, T))
     return r
@@ -131,11 +140,12 @@ def task_generate(spec: dict[str, Any]) -> dict[str, Any]:
     g = torch.Generator().manual_seed(spec.get("seed", 0))
     prompt = bytes(torch.randint(0, 256, (prompt_len,), generator=g).tolist())
     warm = spec.get("warmup_bytes", 8) if name != "megabyte-pytorch" else 0
-    if warm:
-        row.generate(prompt, warm, seed=0)
     counts: list[int] = []
-    r = timed(torch, device, lambda: counts.append(row.generate(prompt, new, seed=len(counts))),
-              warmup=0, steps=spec.get("repeats", 1))
+    with _products(spec, device):
+        if warm:
+            row.generate(prompt, warm, seed=0)
+        r = timed(torch, device, lambda: counts.append(row.generate(prompt, new, seed=len(counts))),
+                  warmup=0, steps=spec.get("repeats", 1))
     r.update(params=row.params, new_bytes=counts, peak_memory=peak_memory(torch, device))
     return r
 

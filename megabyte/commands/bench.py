@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", default="1",
                    help="sequences per step (default 1); 'auto': the largest batch of one row that fits")
     p.add_argument("--max-batch", type=int, default=1024, help="--batch auto: stop doubling here (default 1024)")
+    p.add_argument("--min-batch", type=int, default=1, help="--batch auto: start doubling here (default 1)")
     p.add_argument("--sizes", choices=("reference", "paper"), default="reference",
                    help="model sizes: the ~25M models of the issue (default) or the paper's text model "
                         "(global 2048 x 14, local 1024 x 18, P = 8)")
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 mem_limit_gb=args.mem_limit_gb, rounds=args.rounds,
             )
             if auto_batch:
-                results = run_batch_search(opts, log=log, max_batch=args.max_batch)
+                results = run_batch_search(opts, log=log, max_batch=args.max_batch, min_batch=args.min_batch)
                 text = render_batch_search(results)
             else:
                 results = run_speed(opts, log=log)
