@@ -1,9 +1,8 @@
-"""Fixtures of the fault suite: a small real-text dataset, a finished tiny run to break in copies,
-and a deterministic Hypothesis profile (the same examples on every CI run)."""
+"""Fixtures of the fault suite: a finished tiny run to break in copies (on the text dataset of
+tests/conftest.py), and a deterministic Hypothesis profile (the same examples on every CI run)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,15 +21,6 @@ settings.register_profile("explore", parent=settings.get_profile("faults"), dera
                           max_examples=3000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "faults"))
 
-
-@pytest.fixture(scope="session")
-def text_data(tmp_path_factory) -> Path:
-    """~48 kB of Python source (the stdlib `json` package) prepared as a text dataset."""
-    from megabyte.data.text import prepare_text
-
-    out = tmp_path_factory.mktemp("data") / "text"
-    prepare_text([os.path.dirname(json.__file__)], out, val_fraction=0.05, seed=0)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -30,15 +29,6 @@ from megabyte.model.patching import patch_starts, starts_next
 from megabyte.training import TrainConfig, get_preset, train
 
 SEQ = 64
-
-
-@pytest.fixture(scope="module")
-def text_data(tmp_path_factory) -> Path:
-    from megabyte.data.text import prepare_text
-
-    out = tmp_path_factory.mktemp("data") / "text"
-    prepare_text([os.path.dirname(json.__file__)], out, val_fraction=0.05, seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")
