@@ -30,6 +30,7 @@ from torch import Tensor
 
 from megabyte.errors import MegabyteError
 from megabyte.model.base import ByteBuffer
+from megabyte.model.entropy import entropy_of, full_precision
 from megabyte.model.layers import KVCache, RowKVCache, Window
 from megabyte.model.patching import PatchLayout, patch_starts, starts_next
 
@@ -161,8 +162,6 @@ def start_decoding(model, prompt: Tensor) -> tuple[Tensor, DynamicState]:
                           gout.new_zeros(B, gout.shape[2]))
     state = DynamicState(buf, gcaches, lcaches, current, lay.start[:, L].clone(), here + 1)
     if cfg.patching == "entropy":
-        from megabyte.model.entropy import entropy_of, full_precision
-
         with full_precision(prompt):
             logits, state.entropy_state = model.entropy_model.start_decoding(prompt)
         state.entropy = entropy_of(logits)
@@ -181,8 +180,6 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
     loc = model.stages[1]
     P = cfg.patch_sizes[0]
     if cfg.patching == "entropy":
-        from megabyte.model.entropy import entropy_of, full_precision
-
         previous = state.entropy
         with full_precision(next_bytes):
             state.entropy = entropy_of(model.entropy_model.continue_decoding(state.entropy_state, next_bytes))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from megabyte.errors import MegabyteError
 from megabyte.model import dynamic
 from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigError, ConfigMixin, as_tuple, require
+from megabyte.model.entropy import entropies
 from megabyte.model.layers import KVCache, KVCapture, TransformerStack
 from megabyte.model.patching import RULES, patch_starts
 
@@ -346,8 +347,6 @@ class Megabyte(ByteModel):
         """(B, T) bool: byte t begins a patch, under this model's dynamic rule."""
         cfg = self.config
         if cfg.patching == "entropy":
-            from megabyte.model.entropy import entropies
-
             H = entropies(self.entropy_model, x)
             return patch_starts(x, "entropy", cfg.patch_sizes[0], entropy=H, threshold=self.threshold,
                                 relative=cfg.patch_relative)
