@@ -76,12 +76,14 @@ def starts_of(config, data: bytes, model=None):
         return torch.arange(len(data)) % S == 0, None
     window = config.max_seq_len
     pieces = [x[i : i + window][None] for i in range(0, len(data), window)]
-    out = [layout_of(model or config, w).offset[0] == 0 for w in pieces]
-    entropy = None
-    if config.patching == "entropy":
+    if config.patching == "entropy":  # the entropy model runs once per window: for the cut and the plot
         from megabyte.model.entropy import entropies
 
-        entropy = torch.cat([entropies(model.entropy_model, w)[0] for w in pieces])
+        scores = [entropies(model.entropy_model, w) for w in pieces]
+        out = [model.patch_starts(w, entropy=H)[0] for w, H in zip(pieces, scores)]
+        entropy = torch.cat([H[0] for H in scores])
+    else:
+        out, entropy = [layout_of(model or config, w).offset[0] == 0 for w in pieces], None
     return (torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)), entropy
 
 

@@ -343,11 +343,12 @@ class Megabyte(ByteModel):
             for mine, theirs in zip(self.entropy_model.state_dict().values(), small.state_dict().values()):
                 mine.copy_(theirs)
 
-    def patch_starts(self, x: Tensor) -> Tensor:
-        """(B, T) bool: byte t begins a patch, under this model's dynamic rule."""
+    def patch_starts(self, x: Tensor, entropy: Tensor | None = None) -> Tensor:
+        """(B, T) bool: byte t begins a patch, under this model's dynamic rule (entropy patches:
+        from `entropy`, the entropy model's H of x, when the caller has it already)."""
         cfg = self.config
         if cfg.patching == "entropy":
-            H = entropies(self.entropy_model, x)
+            H = entropies(self.entropy_model, x) if entropy is None else entropy
             return patch_starts(x, "entropy", cfg.patch_sizes[0], entropy=H, threshold=self.threshold,
                                 relative=cfg.patch_relative)
         return patch_starts(x, cfg.patching, cfg.patch_sizes[0])
