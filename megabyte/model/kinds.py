@@ -35,12 +35,13 @@ SPACE_P_MAX = {"tiny": 8, "small": 16, "image-small": 24, "audio-small": 32, "me
 its global width allows (mean patches on text are 6 to 8 bytes; `megabyte patches` shows them)."""
 SPACE_PRESETS = {name: {**fields, "patch_sizes": (SPACE_P_MAX[name],), "patching": "space"}
                  for name, fields in MEGABYTE_PRESETS.items()}
-ENTROPY_PRESETS = {name: {**fields, "patching": "entropy",
-                          "patch_target": float(MEGABYTE_PRESETS[name]["patch_sizes"][0])}
-                   for name, fields in SPACE_PRESETS.items()}
-"""Entropy patches: P_max as for space patches, and theta calibrated to the fixed model's patch
-length, so that the global stage runs about as often as the fixed model's and only where the
-patches end differs. The entropy model is the user's (`model.entropy_model=RUN`)."""
+ENTROPY_PRESETS = {name: {**fields, "patching": "entropy", "patch_sizes": (2 * fields["patch_sizes"][0],),
+                          "patch_target": float(fields["patch_sizes"][0])}
+                   for name, fields in MEGABYTE_PRESETS.items()}
+"""Entropy patches: P_max twice the fixed model's patch, and theta calibrated to the fixed model's
+patch length, so that the global stage runs about as often as the fixed model's and only where the
+patches end differs (a target equal to P_max would leave theta nothing to decide: every patch would
+be cut at the cap). The entropy model is the user's (`model.entropy_model=RUN`)."""
 TRANSFORMER_PRESETS = {
     "tiny": {"dim": 64, "depth": 2},
     "small": {"dim": 256, "depth": 4},
