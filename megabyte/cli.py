@@ -39,12 +39,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"megabyte: warning: {message}", file=file or sys.stderr)
 
 
+def _is_override(word: str) -> bool:
+    return not word.startswith("-") and "=" in word and "." in word.split("=", 1)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `train`'s SECTION.FIELD=VALUE overrides may sit between flags, not only in one run of words
+        if isinstance(getattr(args, "overrides", None), list) and all(_is_override(e) for e in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
