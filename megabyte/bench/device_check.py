@@ -92,7 +92,7 @@ class Stage:
     """One stage's report, rewritten as JSON and markdown after every check."""
 
     def __init__(self, index: int, name: str, opts: CheckOptions) -> None:
-        from megabyte.bench.harness import machine
+        from megabyte.training.runtime import machine
 
         self.opts = opts
         self.json_path = Path(opts.out) / f"{index}-{name}.json"

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from typing import Any
 
 from megabyte.bench.worker import RESULT_MARK
@@ -47,27 +45,3 @@ def run_worker(spec: dict[str, Any], *, timeout_s: float, env: dict[str, str] | 
     return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)[:300]}"}
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/loadavg") as f:
-            info["load_before"] = f.read().split()[:3]
-    except OSError:
-        pass
-    return info

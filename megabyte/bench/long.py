@@ -45,7 +45,8 @@ def available_gib() -> float | None:
 
 
 def run_long(opts: LongOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from megabyte.bench.harness import machine, run_worker, worker_env
+    from megabyte.bench.harness import run_worker, worker_env
+    from megabyte.training.runtime import machine
 
     env = worker_env(opts.threads)
 

@@ -122,7 +122,7 @@ def train_once(opts: PrecisionOptions, data: torch.Tensor, val: torch.Tensor, *,
 
 
 def run_precision(opts: PrecisionOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from megabyte.bench.harness import machine
+    from megabyte.training.runtime import machine
 
     torch.set_num_threads(opts.threads)
     if opts.quick:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from megabyte.bench.harness import machine, run_worker, worker_env
+from megabyte.bench.harness import run_worker, worker_env
 from megabyte.bench.rows import RowSpec, ours
 from megabyte.errors import MegabyteError
+from megabyte.training.runtime import machine
 
 DEFAULT_ROWS = "megabyte,megabyte-space,transformer,perceiver-ar,megabyte-pytorch,mblm"
 REFERENCE = "megabyte-pytorch"
@@ -132,7 +133,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict[st
         dt: max((p[dt]["flops"] for p in peaks if dt in p), default=None) for dt in ("bf16", "fp32")
     }
     results["peak_runs"] = peaks
-    results["machine"]["load_after"] = machine().get("load_before")
+    results["machine"]["load_after"] = machine()["load_average"]
     results["summary"] = summarize_rows(results, opts)
     return results
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from megabyte.errors import MegabyteError
 from megabyte.model.flops import FlopCount, training_flops
 from megabyte.model.registry import ModelKind, get_kind, kind_names
 from megabyte.training.presets import fit_to_data
+from megabyte.training.runtime import load_average, machine
 
 DEFAULT_BUDGET = 600.0
 CURVE_POINTS = 8
@@ -427,34 +426,6 @@ def read_curve(run_dir: str | Path, flops_per_step: int) -> list[dict]:
             for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("val_bpb") is not None]
 
 
-def _load() -> float | None:
-    """The 1-minute load average: how busy the machine was (other jobs slow wall-clock budgets)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "load_average": _load()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 # ------------------------------------------------------------------------------------ the command
 def compare(data_dir: str | Path, out_dir: str | Path, *, say=print, **options: Any) -> dict[str, Any]:
     """Train, score and time every model; write OUT/compare.json, compare.md, compare.png and the
@@ -562,7 +533,7 @@ def run_entry(entry: Entry, data, config: CompareConfig, tokens, prompt: bytes, 
     say(f"== {entry.kind.label}: training ({_describe_budget(config.limits)}) into {run_dir}")
     summary = train(entry.train_config, entry.model_config, entry.objective, run_dir, preset=config.preset,
                     progress=config.progress)
-    summary["load_average"] = _load()
+    summary["load_average"] = load_average()
     say(f"{entry.name}: scoring the validation split")
     scores = evaluate_entry(entry, summary, data, tokens=tokens, eval_bytes=config.eval_bytes)
     speed = generation_speed(entry, summary, prompt, config.gen_bytes, tokens=tokens)

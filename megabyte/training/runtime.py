@@ -34,6 +34,7 @@ import contextlib
 import functools
 import gc
 import os
+import platform
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -335,3 +336,36 @@ def cpu_has_native_bf16() -> bool:
             flags = set(line.split(":", 1)[1].split())
             return bool(flags & {"amx_bf16", "avx512_bf16"})
     return False
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: how busy the machine was (other jobs slow wall-clock numbers)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What a measurement ran on: CPU, cores, PyTorch threads and version, memory, GPU, load, date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "native_bf16": cpu_has_native_bf16(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_average": load_average(),
+    }
+    try:
+        info["memory_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
