@@ -324,40 +324,21 @@ def fit_budget(entry: Entry, budget: dict[str, float | None], probe) -> None:
 
 
 def probe_step_time(entry: Entry) -> float:
-    """Seconds per optimizer step of `entry`, measured on real batches (two untimed steps first)."""
-    import torch
+    """Seconds per optimizer step of `entry`: the training loop's own step (`Trainer.train_step`,
+    so clipping, the schedule and the entropy model are in it), on real batches, in a scratch
+    directory, after two untimed steps (allocation, kernel selection)."""
+    import tempfile
 
-    from megabyte.model import build_model
-    from megabyte.training.optim import build_optimizer
-    from megabyte.training.runtime import float32_products, init_runtime, synchronize
+    from megabyte.training.loop import Trainer
+    from megabyte.training.runtime import float32_products, init_runtime
 
-    cfg, objective = entry.train_config, entry.objective
+    cfg = entry.train_config
     runtime = init_runtime(cfg.device, cfg.precision)
-    torch.manual_seed(cfg.seed)
-    model = build_model(entry.model_config)
-    model.load_frozen()  # entropy patches: the real entropy model decides what a step computes
-    model = model.to(runtime.device).train()
-    optimizer = build_optimizer(model, cfg, runtime.device)
-    sampler = objective.sampler(cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
-
-    def step() -> None:
-        for _ in range(cfg.grad_accum):
-            x = sampler.next_batch().to(runtime.device)
-            with runtime.autocast():
-                loss = objective.loss(model(x), x)
-            (loss / x.numel()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    with float32_products(runtime.device, tf32=cfg.tf32):  # the products the run's steps will use
-        step()
-        step()  # the first steps are slower (allocation, kernel selection)
-        synchronize(runtime.device)
-        start = time.perf_counter()
-        for _ in range(PROBE_STEPS):
-            step()
-        synchronize(runtime.device)
-    return (time.perf_counter() - start) / PROBE_STEPS
+    with tempfile.TemporaryDirectory(prefix="megabyte-probe-") as scratch, \
+            float32_products(runtime.device, tf32=cfg.tf32):  # the products the run's steps will use
+        trainer = Trainer(cfg, entry.model_config, entry.objective, Path(scratch), runtime, progress=False, hints=False)
+        trainer.time_steps(2)
+        return trainer.time_steps(PROBE_STEPS)  # each step timed between synchronised points
 
 
 # ------------------------------------------------------------------------------------ measuring

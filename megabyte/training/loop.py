@@ -202,6 +202,13 @@ class Trainer:
         self._session["bytes"] += step_bytes * runtime.world_size
         self._session["train_time"] += seconds
 
+    def time_steps(self, steps: int) -> float:
+        """Mean seconds of the next `steps` training steps (for planning a budget; nothing logged)."""
+        before = self._session["train_time"]
+        for _ in range(steps):
+            self.train_step()
+        return (self._session["train_time"] - before) / steps
+
     def evaluate(self) -> float | None:
         """Validation bpb: the objective scores the first `eval_bytes` of the val split with
         `megabyte.evaluation` (basic inference, as `megabyte eval --method basic`), rank r of W
