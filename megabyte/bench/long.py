@@ -79,8 +79,17 @@ def run_long(opts: LongOptions, log: Callable[[str], None] = print) -> dict[str,
     results["transformer"] = tries
     ok = [r for r in tries if "error" not in r]
     results["transformer_longest"] = ok[-1]["seq_len"] if ok else None
-    results["transformer_stopped_by"] = "error" if tries and "error" in tries[-1] else "limit"
+    results["transformer_stopped_by"] = stopped_by(tries[-1] if tries else {})
     return results
+
+
+def stopped_by(last: dict[str, Any]) -> str:
+    """Why the doubling search ended: "limit" (the longest asked for ran), "out of memory" (the
+    longest that fits was found), or "error": a failure that says nothing about memory (a bug, a
+    timeout), so the longest sequence that ran is not the machine's limit."""
+    if "error" not in last:
+        return "limit"
+    return "out of memory" if last.get("oom") else "error"
 
 
 def render_long(results: dict[str, Any]) -> str:
@@ -99,7 +108,12 @@ def render_long(results: dict[str, Any]) -> str:
     longest = results["transformer_longest"]
     if results["transformer"]:
         lines.append("")
-        capped = results.get("transformer_stopped_by") == "limit"
-        lines.append(f"Longest Transformer step: {longest:,} bytes{' (the search limit)' if capped else ''}."
-                     if longest else "The Transformer took no step.")
+        why = results.get("transformer_stopped_by")
+        last = results["transformer"][-1]
+        note = {"limit": " (the search limit)",
+                "out of memory": f" (out of memory at {last['seq_len']:,})",
+                "error": f" (the search stopped at {last['seq_len']:,} on an error that is not out of memory: "
+                         f"{last.get('error')}; this is not the machine's limit)"}.get(why, "")
+        lines.append(f"Longest Transformer step: {longest:,} bytes{note}." if longest
+                     else f"The Transformer took no step{note}.")
     return "\n".join(lines)

@@ -99,3 +99,22 @@ def test_batch_search_raises_any_other_error(monkeypatch, exc, shown):
         _search()
     message = str(info.value)
     assert shown in message and "\n" not in message
+
+
+@pytest.mark.parametrize("failure, stopped, says", [
+    ({"error": "out of memory", "oom": True}, "out of memory", "out of memory at 1,024"),
+    ({"error": "RuntimeError: CUDA error: an illegal memory access"}, "error", "not the machine's limit"),
+    ({"error": "timed out after 60 s"}, "error", "not the machine's limit"),
+])
+def test_long_search_tells_memory_from_other_failures(monkeypatch, failure, stopped, says):
+    from megabyte.bench import harness, long
+
+    def fake_worker(spec, **kw):  # MEGABYTE and the first two Transformer lengths run, then the failure
+        if spec["kind"] == "transformer" and spec["seq_len"] >= 1024:
+            return dict(failure)
+        return {"params": 1e6, "seconds": 0.1, "peak_memory": 2**20}
+
+    monkeypatch.setattr(harness, "run_worker", fake_worker)
+    results = long.run_long(long.LongOptions(quick=True), log=lambda m: None)
+    assert results["transformer_longest"] == 512 and results["transformer_stopped_by"] == stopped
+    assert says in long.render_long(results)
