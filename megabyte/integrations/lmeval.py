@@ -37,6 +37,7 @@ import torch
 import megabyte
 from megabyte.errors import MegabyteError
 from megabyte.evaluation import evaluate
+from megabyte.training.runtime import resolve_device
 
 try:
     from lm_eval.api.model import LM
@@ -47,12 +48,6 @@ except ImportError as exc:  # the optional extra is missing
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def _device(name: str) -> torch.device:
-    if name in ("auto", None, ""):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @register_model("megabyte")
 class MegabyteLM(LM):
     """An lm-eval `LM` over a byte model of this project (module doc)."""
@@ -60,7 +55,7 @@ class MegabyteLM(LM):
     def __init__(self, pretrained: str, device: str = "auto", batch_size: int | str = 8, dtype: str = "float32",
                  max_length: int | str | None = None, **_ignored: Any) -> None:
         super().__init__()
-        self._device = _device(str(device))
+        self._device = resolve_device(str(device or "auto"))  # the project's one device resolution
         self.model = megabyte.load(pretrained, device=self._device)
         self.bpe = None  # a byte model reads UTF-8 bytes; the subword baseline its BPE tokens
         if getattr(self.model.config, "vocab_size", 256) != 256:

@@ -149,8 +149,12 @@ def test_generate_until_is_greedy_generation_cut_at_the_stop(harness, setup, cap
 def test_errors_are_one_line(harness, setup, capsys, tmp_path):
     assert main(["lm-eval", str(setup.ckpt), "--tasks", "local_bpb", "--include-path", str(tmp_path / "none")]) == 2
     assert main(["lm-eval", str(tmp_path), "--tasks", "local_bpb", "--include-path", str(setup.tasks)]) == 2
+    bad_device = "cuda" if not torch.cuda.is_available() else "nonesuch"  # resolved as everywhere else
+    assert main(["lm-eval", str(setup.ckpt), "--tasks", "local_bpb", "--include-path", str(setup.tasks),
+                 "--device", bad_device]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(e.startswith("megabyte lm-eval: error:") for e in err)
+    assert len(err) == 3 and all(e.startswith("megabyte lm-eval: error:") for e in err)
+    assert "device" in err[2]
 
 
 def test_the_subword_baseline_is_scored_over_its_tokens_per_byte(harness, tmp_path):
