@@ -9,13 +9,14 @@
 #       IMAGE_DATA e.g. `megabyte prepare image ../shared/data/image/photos-skimage --size 32 --crops 64 --out data/photos`
 #       AUDIO_DATA e.g. `megabyte prepare audio ../shared/data/audio --out data/audio`
 #
-# Environment: STEPS (entropy-model steps, default 500 on text, 250 on images and audio),
+# Environment: STEPS (entropy-model steps, default 500 on text (batch 8), 200 on images and 150 on audio
+# (batch 4)),
 # KINDS_TEXT (default megabyte,megabyte-space,megabyte-entropy,transformer,subword),
 # KINDS_OTHER (default megabyte,megabyte-entropy,transformer), THREADS (default 2).
 # Hours of CPU time at the defaults; every stage writes its own folder under OUT and is skipped
 # when that folder already holds its result, so a stopped run continues where it was.
 set -euo pipefail
-if [ $# -ne 4 ]; then sed -n '2,16p' "$0" >&2; exit 2; fi
+if [ $# -ne 4 ]; then sed -n '2,18p' "$0" >&2; exit 2; fi
 text=$1 images=$2 audio=$3 out=$4
 threads=${THREADS:-2}
 kinds_text=${KINDS_TEXT:-megabyte,megabyte-space,megabyte-entropy,transformer,subword}
@@ -33,8 +34,8 @@ compare() {  # NAME ARGS...
 }
 
 entropy_model entropy-text "$text" "${STEPS:-500}"
-entropy_model entropy-images "$images" "${STEPS:-250}" model.max_seq_len=3072   # one 32 x 32 RGB image
-entropy_model entropy-audio "$audio" "${STEPS:-250}" model.max_seq_len=4096     # audio-small's context
+entropy_model entropy-images "$images" "${STEPS:-200}" model.max_seq_len=3072 train.batch_size=4  # one 32 x 32 RGB image
+entropy_model entropy-audio "$audio" "${STEPS:-150}" model.max_seq_len=4096 train.batch_size=4   # audio-small's context
 
 compare text-5e12 --data "$text" --models "$kinds_text" --entropy-model "$out/entropy-text" \
     --flops 5e12 --eval-bytes 131072 --batch-size 2
