@@ -16,7 +16,7 @@
 # Hours of CPU time at the defaults; every stage writes its own folder under OUT and is skipped
 # when that folder already holds its result, so a stopped run continues where it was.
 set -euo pipefail
-if [ $# -ne 4 ]; then sed -n '2,18p' "$0" >&2; exit 2; fi
+if [ $# -ne 4 ]; then sed -n '2,17p' "$0" >&2; exit 2; fi
 text=$1 images=$2 audio=$3 out=$4
 threads=${THREADS:-2}
 kinds_text=${KINDS_TEXT:-megabyte,megabyte-space,megabyte-entropy,transformer,subword}
