@@ -26,7 +26,7 @@ instead of the two safetensors files (config.json, data_meta.json, trainer_state
 
 Each shard is a plain safetensors file (DCP's `HuggingFaceStorageWriter`) whose header says
 where its slices lie in the full tensors (`DCP_SHARDING_INFO`, JSON in the safetensors metadata).
-DCP's default format is not used: its `.metadata` is a pickle (`_FileSystemWriter.finish` pickles
+DCP's default format is not used: its `.metadata` is pickled (`_FileSystemWriter.finish` pickles
 it, `FileSystemReader.read_metadata` unpickles it). Reading a sharded checkpoint never unpickles
 anything: `shards.json` is JSON; every shard must be listed there at its exact length (no file
 missing, none added, none truncated); its header is parsed by the safetensors library (JSON of
@@ -35,10 +35,10 @@ slices of every tensor must tile it exactly once, and the tensors must be the mo
 any tensor is read. Then DCP's `HuggingFaceStorageReader` reads the slices each process needs:
 its `read_metadata` builds DCP's metadata from those same headers (never `.metadata`), and its
 `read_data` copies tensor slices (`safe_open(...).get_slice`), never calling `torch.load` or the
-planner's `load_bytes` (the only unpickling step of DCP's loader, `torch.load(weights_only=False)`,
+planner's `load_bytes` (the only unpickling step of DCP's loader, an unrestricted `torch.load`,
 reached only for non-tensor entries, which these state dicts never hold). (Between the ranks of a
-run, DCP passes its save and load plans with torch.distributed's object collectives, which
-pickle: objects the ranks build themselves, never a file's contents.) So a sharded checkpoint
+run, DCP passes its save and load plans with torch.distributed's object collectives, pickled
+objects that the ranks build themselves, never a file's contents.) So a sharded checkpoint
 resumes on any number of processes, FSDP2 or not (DCP reshards: each rank reads the slices that
 overlap its new shards), and `megabyte.load` reads it on one process without a process group.
 """
@@ -512,7 +512,7 @@ def load_shards(checkpoint: Path, part: str, into: dict[str, torch.Tensor], *, c
     (`collective=False`: no process group needed, none used), or, on every rank of an FSDP2 run
     (`collective=True`), this rank's DTensor shards, whatever the world size that wrote them (DCP
     reads the slices overlapping each rank's shard). Checked first (`read_shard_index`,
-    `check_shard_shapes`), read by DCP's `HuggingFaceStorageReader` (no pickle: module docstring)."""
+    `check_shard_shapes`), read by DCP's `HuggingFaceStorageReader` (nothing unpickled: module docstring)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 

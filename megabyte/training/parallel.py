@@ -20,7 +20,7 @@ gradients over many ranks lose bits); the master weights and the optimizer stay 
 gather and reduce in fp32.
 
 Under FSDP2 nothing is gathered to save: every rank writes its own shards of the weights and of
-the optimizer state (`torch.distributed.checkpoint`, safetensors shards, no pickle: see
+the optimizer state (`torch.distributed.checkpoint`, safetensors shards, nothing pickled: see
 `megabyte.training.checkpoint`), and on resume every rank reads the slices its new shards need,
 so a run saved by N processes resumes on M, with FSDP2 or without it. A single-file checkpoint
 (one process, DDP) resumes under FSDP2 through `scatter_state`: rank 0 reads it, every rank gets
