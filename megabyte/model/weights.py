@@ -21,8 +21,13 @@ def save_pretrained(model, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS) as tmp:
         save_model(model, str(tmp), metadata={"model_type": model.config.model_type})
-    text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(directory / CONFIG, text.encode())
+    write_config(model.config, directory)
+
+
+def write_config(config, directory) -> None:
+    """`config.json` of a model config (the weights may be beside it, or in shards)."""
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(directory) / CONFIG, text.encode())
 
 
 def load_weights(model, path) -> None:

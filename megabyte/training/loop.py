@@ -232,28 +232,26 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (the main process writes; under FSDP2 every
-        process first sends its shards to it, so call it on every process)."""
+        process writes its own shards first, so call it on every process)."""
         runtime = self.runtime
-        model = self.model
-        if runtime.sharded:  # gather the full weights and optimizer state onto rank 0's CPU
-            from megabyte.training.parallel import gather_state, model_of
+        sharded = runtime.sharded  # every rank: its shards of the weights and of the optimizer state
+        if sharded:
+            from megabyte.training.parallel import reshard
 
-            weights, named = gather_state(self.model, self.optimizer)
-            if runtime.is_main:
-                model = model_of(self.model_config, weights)  # around the gathered tensors: saved as one process saves
-                tensors, optimizer_meta = ckpt.split_optimizer_state(named)
-            del weights, named
-        elif runtime.is_main:
+            reshard(self.model)
+        if sharded or runtime.is_main:
             tensors, optimizer_meta = ckpt.optimizer_state(self.optimizer, self.model)
-        self.check_finite(model)
+        self.check_finite(self.model)
         rng = runtime.gather_objects(ckpt.rng_state())  # dropout streams of every process
         path = None
-        if runtime.is_main:
+        if sharded or runtime.is_main:
+            main = runtime.is_main
             try:
                 path = ckpt.save_checkpoint(
-                    self.run_dir, self.state.step, model=model,
-                    trainer_state=self._trainer_state(optimizer_meta, rng),
-                    optimizer_tensors=tensors, data_meta=self.objective.meta, keep_last=self.cfg.keep_last,
+                    self.run_dir, self.state.step, model=self.model,
+                    trainer_state=self._trainer_state(optimizer_meta, rng) if main else None,
+                    optimizer_tensors=tensors, data_meta=self.objective.meta if main else None,
+                    keep_last=self.cfg.keep_last, shards=runtime if sharded else None,
                 )
             except OSError as exc:  # disk full, read-only, permissions: stop, keeping the last checkpoint
                 raise MegabyteError(
@@ -292,22 +290,7 @@ class Trainer:
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`: weights, optimizer, data position, RNG states, counters."""
         state = ckpt.read_trainer_state(checkpoint)
-        if self.runtime.sharded:  # rank 0 reads the full state; every rank loads its shards
-            from megabyte.training.parallel import scatter_state
-
-            weights: dict[str, Any] = {}
-            named: dict[str, Any] = {}
-            if self.runtime.is_main:
-                full = build_model(self.model_config)
-                load_weights(full, checkpoint / WEIGHTS)
-                weights = full.state_dict()
-                named = ckpt.named_optimizer_state(self.optimizer, ckpt.read_optimizer_tensors(checkpoint),
-                                                   state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
-            scatter_state(self.model, self.optimizer, weights, named)
-        else:  # one process, or DDP: every replica loads the same file
-            load_weights(self.model, checkpoint / WEIGHTS)
-            ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint),
-                                      state["optimizer"], str(checkpoint / ckpt.OPTIMIZER))
+        self._load_weights_and_optimizer(checkpoint, state["optimizer"])
         try:
             self.sampler.load_state_dict(state["sampler"])  # the global stream: any world size continues it
             rank, saved = self.runtime.rank, state.get("rng_ranks") or [state["rng"]]
@@ -328,6 +311,35 @@ class Trainer:
         self.saved_step = self.state.step
         self.resumed_from = checkpoint
         self.schedule_note = schedule_notice(state["train_config"], self.cfg, self.state.step)
+
+    def _load_weights_and_optimizer(self, checkpoint: Path, meta: dict) -> None:
+        """The weights and optimizer state of `checkpoint` (single-file or sharded, written by any
+        number of processes) into this run's model and optimizer, however they are spread."""
+        source = str(checkpoint / (ckpt.OPTIMIZER_SHARDS if ckpt.is_sharded(checkpoint) else ckpt.OPTIMIZER))
+        if ckpt.is_sharded(checkpoint) and self.runtime.sharded:  # every rank reads its slices (N -> M ranks)
+            from megabyte.training.parallel import load_sharded_state
+
+            load_sharded_state(self.model, self.optimizer, checkpoint, meta)
+        elif ckpt.is_sharded(checkpoint):  # one process, or DDP: every process reads the whole state
+            ckpt.load_shards(checkpoint, ckpt.MODEL_SHARDS, ckpt.model_tensors(self.model))
+            ckpt.load_optimizer_state(self.optimizer, self.model,
+                                      ckpt.read_sharded_tensors(checkpoint, ckpt.OPTIMIZER_SHARDS), meta, source)
+        elif self.runtime.sharded:  # a single-file checkpoint: rank 0 reads it, every rank loads its shards
+            from megabyte.training.parallel import scatter_state
+
+            weights: dict[str, Any] = {}
+            named: dict[str, Any] = {}
+            if self.runtime.is_main:
+                full = build_model(self.model_config)
+                load_weights(full, checkpoint / WEIGHTS)
+                weights = full.state_dict()
+                named = ckpt.named_optimizer_state(self.optimizer, ckpt.read_optimizer_tensors(checkpoint), meta,
+                                                   source)
+            scatter_state(self.model, self.optimizer, weights, named)
+        else:  # one process, or DDP: every replica loads the same file
+            load_weights(self.model, checkpoint / WEIGHTS)
+            ckpt.load_optimizer_state(self.optimizer, self.model, ckpt.read_optimizer_tensors(checkpoint), meta,
+                                      source)
 
     # ------------------------------------------------------------------ logging
     def log(self, val_bpb: float | None) -> dict[str, Any] | None:
@@ -388,8 +400,9 @@ class Trainer:
         (about to be saved), is not finite. Such a run never saves, so RUN/latest keeps naming the
         last good checkpoint. Call it on every process: the verdict is summed over them."""
         bad_weights = 0.0
-        if model is not None and self.runtime.is_main:
-            bad_weights = float(not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+        if model is not None and (self.runtime.is_main or self.runtime.sharded):  # FSDP2: each rank its shards
+            local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+            bad_weights = float(not torch.stack([torch.isfinite(p).all() for p in local]).all())
         losses, bad_weights = self.runtime.sum([float(self._unchecked), bad_weights])
         first, last = self._checked_step + 1, self.state.step
         self._unchecked.zero_()

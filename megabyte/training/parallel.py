@@ -1,12 +1,12 @@
 """Data parallelism for the training loop, kept out of the model: DDP replicas, FSDP2 shards,
-and the full (gathered) state that a checkpoint holds whichever of them trained it.
+and loading a checkpoint's state into the shards.
 
     compile_blocks(model)                            # train.compile: each block its own graphs
     network = apply_ddp(model, device)               # a replica per process, gradients averaged
     model = apply_fsdp(model, device, world_size, param_dtype=torch.bfloat16)  # in place: blocks, then root
-    weights, optim = gather_state(model, optimizer)  # full CPU tensors on rank 0, {} on the others
-    copy = model_of(config, weights)                 # rank 0: a model around them, to save
-    scatter_state(model, optimizer, weights, optim)  # rank 0's full state, sharded onto every rank
+    reshard(model)                                   # before a save: the shards are the parameters again
+    load_sharded_state(model, optimizer, checkpoint, meta)  # a sharded checkpoint, N ranks -> these M
+    scatter_state(model, optimizer, weights, optim)  # rank 0's full state (a single-file checkpoint), sharded
 
 FSDP2 (`fully_shard`) gives every transformer block its own group: a block's weights are
 all-gathered just before it runs and freed after it, and its gradients reduce-scattered as soon
@@ -19,10 +19,12 @@ memory of an unsharded block) and their gradients reduce-scattered in fp32 (sums
 gradients over many ranks lose bits); the master weights and the optimizer stay fp32. fp32 runs
 gather and reduce in fp32.
 
-Checkpoints stay one safetensors file whatever the world size: the state is gathered to rank 0
-in full (`torch.distributed.checkpoint.state_dict`, on the CPU) and saved as a single process
-would save it (through `model_of`: a model around the gathered tensors, not a second copy), so
-a run saved by N processes resumes on M.
+Under FSDP2 nothing is gathered to save: every rank writes its own shards of the weights and of
+the optimizer state (`torch.distributed.checkpoint`, safetensors shards, nothing pickled: see
+`megabyte.training.checkpoint`), and on resume every rank reads the slices its new shards need,
+so a run saved by N processes resumes on M, with FSDP2 or without it. A single-file checkpoint
+(one process, DDP) resumes under FSDP2 through `scatter_state`: rank 0 reads it, every rank gets
+its shards.
 """
 
 from __future__ import annotations
@@ -91,39 +93,35 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, *,
     return model
 
 
-def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The full model and optimizer state dicts, keyed by parameter name, as CPU tensors on rank 0
-    (empty on the other ranks). A collective: call it on every rank."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 group of `model` back in its sharded state, its DTensor shards registered as
+    the parameters. A forward under no_grad (validation) leaves the root group unsharded, as no
+    backward follows to reshard it: its parameters are then full tensors, not the optimizer's."""
+    from torch.distributed.fsdp import FSDPModule
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
-def model_of(config: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A model of `config` whose parameters are the tensors of `weights` (a gathered state
-    dict), not copies: built on the meta device, so nothing is allocated or initialised twice
-    on rank 0 (a fresh CPU model would hold a second copy of the weights, and spend its time in
-    random initialisation). Parameters the model shares between modules (tied embeddings; the
-    gather gives each name its own tensor) are shared again, so it saves as one process saves."""
-    from megabyte.model import build_model
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Any, meta: dict) -> None:
+    """Load a sharded checkpoint (written by any number of ranks) into the FSDP2-sharded `model`
+    and its `optimizer`: every rank reads the slices of its own shards, nothing passes through
+    rank 0. `meta`: the non-tensor optimizer state (trainer_state.json). A collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    with torch.device("meta"):
-        model = build_model(config)
-    shared: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(param), []).append(name)
-    model.load_state_dict(weights, assign=True)
-    for first, *others in (names for names in shared.values() if len(names) > 1):
-        param = model.get_parameter(first)
-        for name in others:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, param)
-    return model
+    from megabyte.training import checkpoint as ckpt
+
+    ckpt.load_shards(checkpoint, ckpt.MODEL_SHARDS, ckpt.model_tensors(model), collective=True)
+    index = ckpt.read_shard_index(checkpoint, ckpt.OPTIMIZER_SHARDS)
+    if not index:  # saved before the first step: the optimizer has no state yet
+        return
+    # This rank's shards of every moment, as DTensors to read into (a fresh optimizer's state is
+    # first made by a step at lr 0 over zero gradients, which leaves the weights as they are).
+    tensors, _ = ckpt.split_optimizer_state(get_optimizer_state_dict(model, optimizer))
+    source = str(checkpoint / ckpt.OPTIMIZER_SHARDS)
+    ckpt.load_shards(checkpoint, ckpt.OPTIMIZER_SHARDS, tensors, collective=True, index=index)
+    set_optimizer_state_dict(model, optimizer, ckpt.named_optimizer_state(optimizer, tensors, meta, source))
 
 
 def scatter_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any],

@@ -113,9 +113,12 @@ def check_resumable(out_dir: Path, cfg: TrainConfig, model_config, data) -> Path
 
 def _read_model_config(checkpoint: Path, state: dict) -> Any:
     """The checkpoint's model config: of the kind its trainer state says it trains, and no larger
-    than its weights file (a config.json claiming a huge model must not exhaust memory)."""
+    than its weights file (or its shards) (a config.json claiming a huge model must not exhaust memory)."""
     config = read_config(checkpoint)
-    check_weights_size(config, checkpoint / WEIGHTS)
+    if ckpt.is_sharded(checkpoint):  # the shards must hold exactly the config's weights
+        ckpt.check_model_shards(config, checkpoint)
+    else:
+        check_weights_size(config, checkpoint / WEIGHTS)
     if state.get("model_kind", config.model_type) != config.model_type:
         raise MegabyteError(f"{checkpoint}: config.json describes a {config.model_type} model but "
                             f"{ckpt.TRAINER_STATE} belongs to a {state.get('model_kind')!r} run (files mixed up?)")

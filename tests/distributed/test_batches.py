@@ -126,26 +126,3 @@ def test_fsdp_gathers_blocks_in_the_autocast_dtype(monkeypatch, precision, devic
     for _, mp in calls[:-1]:
         got = None if mp is None else (mp.param_dtype, mp.reduce_dtype, mp.cast_forward_inputs)
         assert got == policy
-
-
-@pytest.mark.parametrize("name", ["megabyte-2stage", "megabyte-space-cross-patch-conv", "transformer", "perceiver-ar"])
-def test_the_model_saved_under_fsdp_holds_the_gathered_tensors(name, tmp_path):
-    """Rank 0 saves a model built around the gathered tensors (no second copy, no initialisation),
-    ties restored, writing the file one process writes."""
-    from safetensors.torch import load_file
-
-    from megabyte.training.parallel import model_of
-    from tests.model.configs import MODEL_CONFIGS, make
-
-    model = make(name)
-    gathered = {key: value.clone() for key, value in model.state_dict().items()}  # what the gather gives
-    copy = model_of(MODEL_CONFIGS[name], gathered)
-    state = copy.state_dict()
-    assert list(state) == list(gathered) and not any(t.is_meta for t in state.values())
-    assert {t.data_ptr() for t in state.values()} <= {t.data_ptr() for t in gathered.values()}  # not copied
-    assert len(list(copy.parameters())) == len(list(model.parameters()))  # tied weights tied again
-    model.save_pretrained(tmp_path / "one")
-    copy.save_pretrained(tmp_path / "gathered")
-    want = load_file(tmp_path / "one" / "model.safetensors")
-    got = load_file(tmp_path / "gathered" / "model.safetensors")
-    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)

@@ -1,4 +1,5 @@
-"""Checkpoint pieces: optimizer state by parameter name, RNG states as JSON, atomic saves."""
+"""Checkpoint pieces: optimizer state by parameter name, RNG states as JSON, atomic saves, and
+the sharded (FSDP2) format written by one process (tests/distributed writes it with two)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,18 @@ def stepped_optimizer(model):
     return opt
 
 
-def save(run, step, model, opt, keep_last=2):
+def save(run, step, model, opt, keep_last=2, shards=None):
     tensors, meta = ckpt.optimizer_state(opt, model)
     return ckpt.save_checkpoint(run, step, model=model, trainer_state={"step": step, "optimizer": meta},
-                                optimizer_tensors=tensors, data_meta={"modality": "text"}, keep_last=keep_last)
+                                optimizer_tensors=tensors, data_meta={"modality": "text"}, keep_last=keep_last,
+                                shards=shards)
+
+
+def one_process():
+    """What `save_checkpoint(shards=...)` asks of the runtime, for one process without a group."""
+    from megabyte.training.runtime import Runtime
+
+    return Runtime(device=torch.device("cpu"), precision="fp32")
 
 
 def test_optimizer_state_round_trip():
@@ -94,6 +103,48 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr("safetensors.torch.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         save(tmp_path, 2, model, opt)
+    assert (tmp_path / "latest").read_text().strip() == "checkpoints/step-00000001"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+    megabyte.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["megabyte-2stage", "transformer", "perceiver-ar"])
+def test_a_sharded_checkpoint_holds_each_tensor_once_and_loads_in_full(name, tmp_path):
+    """The sharded format, written by one process (DCP without a process group): tied weights
+    stored once, `megabyte.load` gives the same model back, the optimizer tensors come back whole."""
+    from tests.model.configs import make
+
+    model = make(name).train()
+    opt = build_optimizer(model, TrainConfig(max_steps=1), torch.device("cpu"))
+    x = torch.randint(0, 256, (2, 16))
+    model.loss(x).mean.backward()
+    opt.step()
+    path = save(tmp_path, 1, model, opt, shards=one_process())
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "data_meta.json", "model", "optimizer",
+                                                      "shards.json", "trainer_state.json"]
+    held = ckpt.model_tensors(model)
+    assert len(held) == len({t.data_ptr() for t in held.values()}) == len(list(model.parameters())) + len(
+        list(model.buffers()))  # every tied parameter once
+    loaded = megabyte.load(tmp_path)
+    want = model.state_dict()
+    assert list(loaded.state_dict()) == list(want)
+    assert all(torch.equal(loaded.state_dict()[k], want[k]) for k in want)
+    tensors, _ = ckpt.optimizer_state(opt, model)
+    got = ckpt.read_sharded_tensors(path, ckpt.OPTIMIZER_SHARDS)
+    assert set(got) == set(tensors) and all(torch.equal(got[k], tensors[k]) for k in tensors)
+
+
+def test_a_failed_sharded_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = small_model()
+    opt = stepped_optimizer(model)
+    save(tmp_path, 1, model, opt, shards=one_process())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save", disk_full)  # what DCP's writer calls for every shard
+    with pytest.raises(OSError, match="No space"):  # an OSError still, for the trainer's message
+        save(tmp_path, 2, model, opt, shards=one_process())
     assert (tmp_path / "latest").read_text().strip() == "checkpoints/step-00000001"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
     megabyte.load(tmp_path)
