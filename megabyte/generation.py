@@ -62,12 +62,19 @@ def sample_next(
     logits: Tensor, *, temperature: float, top_k: int | None, top_p: float | None,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """One byte per row (B,) from logits (B, 256); temperature 0 is greedy."""
+    """One byte per row (B,) from logits (B, 256); temperature 0 is greedy.
+
+    The draw is `torch.multinomial(probs, 1)`'s own (argmax of probs / q, q ~ Exp(1), from the
+    same generator: the same bytes for a seed), without its checks of the probabilities, which
+    read values back to the host twice per byte (on a GPU each read stalls the queue)."""
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
 class _Decoder:
