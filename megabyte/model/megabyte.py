@@ -425,6 +425,27 @@ class Megabyte(ByteModel):
             outs.append(stage.transformer(inputs, groups=groups, caches=caches).view(B, N, -1))
         return outs
 
+    def _prefill_current(self, x: Tensor, L: int, captures: list) -> list[Tensor]:
+        """The full pass for decoding from byte L without cross-patch attention: the global
+        stage over every position, each stage below only over the one parent position that
+        byte L is in (the other patches' byte-level outputs and keys are never needed). Returns
+        each stage's output (B, D_i) at its current position."""
+        B = x.shape[0]
+        outs: list[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            m = L // stage.sub_size  # current position of stage i
+            if i == 0:
+                N = x.shape[1] // stage.sub_size
+                h = stage.transformer(stage.embed(x, 0, N), caches=captures[0])  # (B, N_0, D_0)
+            else:
+                P = stage.positions
+                row = m // P  # the parent position: one row of P positions
+                inputs = stage.embed(x, row * P, P) + stage.link(outs[-1], slice(None))  # (B, P, D_i)
+                h = stage.transformer(inputs, caches=[_RowCapture(c) for c in captures[i]])
+                m = m % P
+            outs.append(h[:, m])
+        return outs
+
     # ----------------------------------------------------------------------------- decoding
     @torch.no_grad()
     def start_decoding(self, prompt: Tensor, *, compile: bool = False) -> tuple[Tensor, _DecodeState]:
@@ -458,8 +479,11 @@ class Megabyte(ByteModel):
             captures.append([KVCapture(c, row=row, keep=keep, prefix=prefix) for c in caches])
         S0 = cfg.sub_sizes[0]
         Tp = (L // S0 + 1) * S0
-        outs = self._run_stages(buf.window(0, Tp), Tp, captures)
-        state.outs = [h[:, L // stage.sub_size] for h, stage in zip(outs, self.stages)]  # (B, D_i) each
+        if cfg.cross_patch:  # every patch's keys reach the next one's: the full pass
+            outs = self._run_stages(buf.window(0, Tp), Tp, captures)
+            state.outs = [h[:, L // stage.sub_size] for h, stage in zip(outs, self.stages)]  # (B, D_i) each
+        else:
+            state.outs = self._prefill_current(buf.window(0, Tp), L, captures)
         state.links = [None] + [stage.link(parent, slice(None)) for stage, parent in zip(self.stages[1:], state.outs)]
         return self.head(state.outs[-1]), state
 
@@ -498,6 +522,18 @@ class Megabyte(ByteModel):
             if i < last:
                 state.links[i + 1] = self.stages[i + 1].link(state.outs[i], slice(None))  # (B, P_{i+1}, D_{i+1})
         return F.linear(state.outs[-1], self.head.weight)
+
+
+class _RowCapture:
+    """A `KVCapture` of a pass over its row alone (row 0 of one group)."""
+
+    def __init__(self, capture: KVCapture) -> None:
+        self.capture = capture
+
+    def __call__(self, k: Tensor, v: Tensor, groups: int) -> None:
+        c = self.capture
+        c.cache.length = 0
+        c.cache.append(k[:, :, : c.keep], v[:, :, : c.keep])
 
 
 @dataclass
