@@ -46,8 +46,13 @@ class KVCache:
     one buffer `kv` (2, N, H, capacity, Dh): a decode step writes both with one copy.
     """
 
+    reads_past_length = False
+    """Whether attention reads (masked) entries never written: those must be zeros, not garbage
+    that could be NaN (0 x NaN is NaN)."""
+
     def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
-        self.kv = torch.zeros(2, rows, heads, capacity, head_dim, device=device, dtype=dtype)
+        new = torch.zeros if self.reads_past_length else torch.empty  # an entry is written before it is read
+        self.kv = new(2, rows, heads, capacity, head_dim, device=device, dtype=dtype)
         self.length = 0
         self.offset = 0  # sequence position of entry 0 (sliding windows: `Window`)
         self._views: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # `append_kv`'s, per length
@@ -121,6 +126,8 @@ class StaticKVCache(KVCache):
     int `length` would be baked into a captured graph). The layers of one stack share `pos`
     and `slots`. Outside the step (the prompt's pass, `restart`) it behaves as a `KVCache`."""
 
+    reads_past_length = True
+
     def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype,
                  pos: Tensor | None = None) -> None:
         super().__init__(rows, heads, capacity, head_dim, device=device, dtype=dtype)
@@ -152,6 +159,8 @@ class RowKVCache(KVCache):
     On the CPU attention reads the entries up to the longest row's (a host read of that length
     costs nothing there); on an accelerator it reads the whole capacity under the mask instead,
     so that decoding never waits for the device to report a length."""
+
+    reads_past_length = True
 
     def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
         super().__init__(rows, heads, capacity + 1, head_dim, device=device, dtype=dtype)
