@@ -480,18 +480,24 @@ class TransformerStack(nn.Module):
                 cache.length += 1  # the host's copy of `pos`, which the step advanced
             return out
         weights = getattr(caches, "weights", None) or _block_weights(self)
+        # A linear of rows is `mm(rows, W.t())` (what F.linear calls, bit for bit) minus three
+        # dispatches; under autocast F.linear, whose cast of the weight autocast caches.
+        mm = not torch.is_autocast_enabled(x.device.type)
         mask = None
-        x = x.reshape(N * L, D)  # rows: a linear of a 2-D input is one matrix product, no reshapes
+        x = x.reshape(N * L, D)  # rows
         for i, (w, cache) in enumerate(zip(weights, caches)):
             h = F.layer_norm(x, (D,), w.norm1, None, w.eps1)
-            qkv = F.linear(h, w.qkv).view(N, L, 3, w.heads, w.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, H, L, Dh)
+            qkv = (torch.mm(h, w.qkv_t) if mm else F.linear(h, w.qkv)).view(N, L, 3, w.heads, w.head_dim)
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, H, L, Dh)
             keys, values = cache.append_kv(qkv[1:])
             if i == 0 or isinstance(cache, RowKVCache):  # the layers' caches advance together
                 mask = cache.attn_mask(L, window)
             y = _sdpa(qkv[0], keys, values, mask=mask)
-            x = x + F.linear(y.transpose(1, 2).reshape(N * L, D), w.out)
+            y = y.reshape(N, D) if L == 1 else y.transpose(1, 2).reshape(N * L, D)
+            x = x + (torch.mm(y, w.out_t) if mm else F.linear(y, w.out))
             h = F.layer_norm(x, (D,), w.norm2, None, w.eps2)
-            x = x + F.linear(_row_gelu(F.linear(h, w.up)), w.down)
+            h = _row_gelu(torch.mm(h, w.up_t) if mm else F.linear(h, w.up))
+            x = x + (torch.mm(h, w.down_t) if mm else F.linear(h, w.down))
         return F.layer_norm(x, (D,), self.norm.weight, None, self.norm.eps).view(N, L, D)
 
     def init_weights(self, std: float = 0.02) -> None:
@@ -533,13 +539,20 @@ class _BlockWeights(NamedTuple):
     eps2: float
     up: Tensor
     down: Tensor
+    qkv_t: Tensor  # the linear weights transposed (views)
+    out_t: Tensor
+    up_t: Tensor
+    down_t: Tensor
 
 
 def _block_weights(stack: TransformerStack) -> list[_BlockWeights]:
     """Each block's parameters, looked up through its modules once per decoding session."""
-    return [_BlockWeights(b.norm1.weight, b.norm1.eps, b.attn.qkv.weight, b.attn.heads, b.attn.head_dim,
-                          b.attn.out.weight, b.norm2.weight, b.norm2.eps, b.mlp.up.weight, b.mlp.down.weight)
-            for b in stack.blocks]
+    weights = []
+    for b in stack.blocks:
+        qkv, out, up, down = b.attn.qkv.weight, b.attn.out.weight, b.mlp.up.weight, b.mlp.down.weight
+        weights.append(_BlockWeights(b.norm1.weight, b.norm1.eps, qkv, b.attn.heads, b.attn.head_dim, out,
+                                     b.norm2.weight, b.norm2.eps, up, down, qkv.t(), out.t(), up.t(), down.t()))
+    return weights
 
 
 class LayerCaches(list):
