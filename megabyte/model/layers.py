@@ -452,6 +452,7 @@ class TransformerStack(nn.Module):
                 for cache in caches:
                     torch._dynamo.mark_static_address(cache.kv)
                 torch._dynamo.mark_static_address(pos)
+                torch._dynamo.mark_static_address(caches[0].slots)
             _STATIC_POOL[self] = (key, caches)
         else:
             caches = LayerCaches(cls(rows, self.heads, capacity, head_dim, device=weight.device, dtype=dtype)
@@ -476,6 +477,8 @@ class TransformerStack(nn.Module):
                 raise RuntimeError(f"KV cache overflow: {first.length + 1} positions > capacity {first.capacity}")
             fn = compiled_step(x.device) if compiled else static_step
             out = fn(self, x, [c.kv for c in caches], first.pos, first.slots)
+            if compiled and x.device.type == "cuda":
+                out = out.clone()  # a CUDA graph's output lives in its pool until the graph runs again
             for cache in caches:
                 cache.length += 1  # the host's copy of `pos`, which the step advanced
             return out
