@@ -11,8 +11,12 @@ reference the cached path is tested against.
 
 On a GPU, decoding one byte is a few dozen small kernels, so what stalls their queue shows:
 the caches hold the dtype attention computes in (the autocast dtype under `torch.autocast`),
-and `generate` without stop sequences keeps the sampled bytes on the device and reads them
-back once at the end (`stream`, and stop sequences, need each byte on the host as it comes).
+sampling reads nothing back (`sample_next`), dynamic patches decide on the device where a patch
+closes, and `generate` without stop sequences keeps the sampled bytes on the device and reads
+them back once at the end (`stream`, and stop sequences, need each byte on the host as it
+comes). `compile=True` goes further: static caches (`layers.StaticKVCache`: the whole capacity
+under a length mask) give every decode step the same shapes, and `torch.compile` captures it
+(CUDA graphs on a GPU: one launch per stage and byte).
 
 When a sequence reaches the model's `max_seq_len`, generation either stops with a warning
 (`on_max_len="stop"`) or slides (`on_max_len="slide"`, the default): decoding restarts from the
