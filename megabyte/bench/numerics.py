@@ -269,7 +269,8 @@ def stage_correctness(stage, opts, work) -> None:
     if device.type == "cuda":
         with float32_products(device, tf32=False):
             for name in SYNC_FREE:
-                stage.run(f"decoding without host syncs: {name}", lambda name=name: decoding_without_syncs(name, device))
+                stage.run(f"decoding without host syncs: {name}",
+                          lambda name=name: decoding_without_syncs(name, device))
             stage.run("compiled decoding (CUDA graphs) == eager: megabyte-2stage",
                       lambda: compiled_generation(device), needs_s=120)
         torch.cuda.empty_cache()  # the later stages' processes measure memory: leave them the GPU

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from megabyte.errors import MegabyteError
+from megabyte.model import layers
 from megabyte.model.base import ByteBuffer
 from megabyte.model.entropy import entropy_of, full_precision
-from megabyte.model import layers
 from megabyte.model.layers import KVCache, RowKVCache, Window
 from megabyte.model.patching import PatchLayout, patch_starts, starts_next
 

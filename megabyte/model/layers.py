@@ -499,7 +499,7 @@ class TransformerStack(nn.Module):
             y = y.reshape(N, D) if L == 1 else y.transpose(1, 2).reshape(N * L, D)
             x = x + (torch.mm(y, w.out_t) if mm else F.linear(y, w.out))
             h = F.layer_norm(x, (D,), w.norm2, None, w.eps2)
-            h = _row_gelu(torch.mm(h, w.up_t) if mm else F.linear(h, w.up))
+            h = F.gelu(torch.mm(h, w.up_t) if mm else F.linear(h, w.up))
             x = x + (torch.mm(h, w.down_t) if mm else F.linear(h, w.down))
         return F.layer_norm(x, (D,), self.norm.weight, None, self.norm.eps).view(N, L, D)
 
@@ -514,21 +514,6 @@ class TransformerStack(nn.Module):
             nn.init.ones_(block.norm1.weight)
             nn.init.ones_(block.norm2.weight)
         nn.init.ones_(self.norm.weight)
-
-
-def _row_gelu(x: Tensor) -> Tensor:
-    """`F.gelu` of a decode step's few rows. On the CPU a float GELU otherwise goes to oneDNN,
-    whose primitive costs about 15 us per call to set up (130 us with cold caches, as between a
-    step's weight-streaming products) against 7 us for ATen's own vectorized kernel, which it
-    matches to 2 ulp. The switch is process-wide for the instant of the call: an op of another
-    thread that falls into it only takes ATen's path too."""
-    if x.device.type != "cpu" or not torch._C._get_mkldnn_enabled():
-        return F.gelu(x)
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        return F.gelu(x)
-    finally:
-        torch._C._set_mkldnn_enabled(True)
 
 
 class _BlockWeights(NamedTuple):

@@ -430,7 +430,6 @@ class Megabyte(ByteModel):
         stage over every position, each stage below only over the one parent position that
         byte L is in (the other patches' byte-level outputs and keys are never needed). Returns
         each stage's output (B, D_i) at its current position."""
-        B = x.shape[0]
         outs: list[Tensor] = []
         for i, stage in enumerate(self.stages):
             m = L // stage.sub_size  # current position of stage i
