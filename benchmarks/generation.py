@@ -2,9 +2,12 @@
 
     python benchmarks/generation.py                 # the issue's 25M configuration, 2 threads
     python benchmarks/generation.py --quick         # tiny models, seconds
+    python benchmarks/generation.py --no-compile    # without the compiled row (no C++ compiler)
 
 Prints a markdown table of bytes/s (median of --repeats runs) for 512 new bytes after a
-512-byte prompt. Untrained weights: speed does not depend on what the weights are.
+512-byte prompt, the prompt's pass included. Untrained weights: speed does not depend on what
+the weights are. The compiled row (`generate(compile=True)`) is timed after one untimed call
+that compiles its steps.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ def configs(quick: bool):
     )
 
 
-def bytes_per_second(model, prompt: bytes, new: int, *, use_cache: bool, repeats: int) -> tuple[float, float]:
+def bytes_per_second(model, prompt: bytes, new: int, *, use_cache: bool, repeats: int,
+                     compile: bool = False) -> tuple[float, float]:
     rates = []
     for i in range(repeats):
         start = time.perf_counter()
-        out = megabyte.generate(model, prompt, new, seed=i, use_cache=use_cache)
+        out = megabyte.generate(model, prompt, new, seed=i, use_cache=use_cache, compile=compile)
         rates.append(len(out) / (time.perf_counter() - start))
     return statistics.median(rates), (max(rates) - min(rates)) / 2
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uncached-repeats", type=int, default=1, help="the uncached run is slow")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny models (for tests)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,14 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     megabyte.generate(mb, prompt, 16)  # warm-up
     megabyte.generate(tf, prompt, 16)
     rows = [
-        ("MEGABYTE, cached", mb, True, args.repeats),
-        ("MEGABYTE, no cache", mb, False, args.uncached_repeats),
-        ("Transformer, cached", tf, True, args.repeats),
+        ("MEGABYTE, cached", mb, True, False, args.repeats),
+        ("MEGABYTE, no cache", mb, False, False, args.uncached_repeats),
+        ("Transformer, cached", tf, True, False, args.repeats),
     ]
+    if not args.no_compile:
+        megabyte.generate(mb, prompt, 16, compile=True)  # compiles the steps (a minute)
+        rows.insert(1, ("MEGABYTE, cached, compiled", mb, True, True, args.repeats))
     results = {}
-    for name, model, cache, repeats in rows:
-        results[name] = (bytes_per_second(model, prompt, args.new_bytes, use_cache=cache, repeats=repeats),
-                         model.num_parameters()["total"])
+    for name, model, cache, compile, repeats in rows:
+        results[name] = (bytes_per_second(model, prompt, args.new_bytes, use_cache=cache, repeats=repeats,
+                                          compile=compile), model.num_parameters()["total"])
     base = results["MEGABYTE, no cache"][0][0]
     print(f"{args.new_bytes} new bytes after a {args.prompt_bytes}-byte prompt, {args.threads} threads, fp32\n")
     print("| model | parameters | bytes/s | ± | vs MEGABYTE without cache |")

@@ -11,8 +11,12 @@ reference the cached path is tested against.
 
 On a GPU, decoding one byte is a few dozen small kernels, so what stalls their queue shows:
 the caches hold the dtype attention computes in (the autocast dtype under `torch.autocast`),
-and `generate` without stop sequences keeps the sampled bytes on the device and reads them
-back once at the end (`stream`, and stop sequences, need each byte on the host as it comes).
+sampling reads nothing back (`sample_next`), dynamic patches decide on the device where a patch
+closes, and `generate` without stop sequences keeps the sampled bytes on the device and reads
+them back once at the end (`stream`, and stop sequences, need each byte on the host as it
+comes). `compile=True` goes further: static caches (`layers.StaticKVCache`: the whole capacity
+under a length mask) give every decode step the same shapes, and `torch.compile` captures it
+(CUDA graphs on a GPU: one launch per stage and byte).
 
 When a sequence reaches the model's `max_seq_len`, generation either stops with a warning
 (`on_max_len="stop"`) or slides (`on_max_len="slide"`, the default): decoding restarts from the
@@ -62,12 +66,19 @@ def sample_next(
     logits: Tensor, *, temperature: float, top_k: int | None, top_p: float | None,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """One byte per row (B,) from logits (B, 256); temperature 0 is greedy."""
+    """One byte per row (B,) from logits (B, 256); temperature 0 is greedy.
+
+    The draw is `torch.multinomial(probs, 1)`'s own (argmax of probs / q, q ~ Exp(1), from the
+    same generator: the same bytes for a seed), without its checks of the probabilities, which
+    read values back to the host twice per byte (on a GPU each read stalls the queue)."""
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
 class _Decoder:
@@ -76,8 +87,8 @@ class _Decoder:
     The bytes so far live in one buffer of the model's length, written in place: a sequence
     grown by concatenation would copy all of it for every byte."""
 
-    def __init__(self, model, prompt: Tensor, *, use_cache: bool, on_max_len: str) -> None:
-        self.model, self.use_cache, self.on_max_len = model, use_cache, on_max_len
+    def __init__(self, model, prompt: Tensor, *, use_cache: bool, on_max_len: str, compile: bool = False) -> None:
+        self.model, self.use_cache, self.on_max_len, self.compile = model, use_cache, on_max_len, compile
         self.limit = model.config.max_seq_len
         B, L = prompt.shape
         self.data = prompt.new_zeros(B, max(L, self.limit))  # (B, limit): decoded bytes, the first `length`
@@ -94,7 +105,10 @@ class _Decoder:
 
     def _restart(self) -> Tensor:
         if self.use_cache:
-            logits, self.state = self.model.start_decoding(self.seq)
+            if self.compile:
+                logits, self.state = self.model.start_decoding(self.seq, compile=True)
+            else:
+                logits, self.state = self.model.start_decoding(self.seq)
             return logits
         return self._full()
 
@@ -115,7 +129,7 @@ class _Decoder:
         self.length = keep
 
     def advance(self, next_bytes: Tensor) -> None:
-        self.data[:, self.length] = next_bytes
+        self.data.select(1, self.length).copy_(next_bytes)
         self.length += 1
         if self.length >= self.limit:
             self._slide_or_stop()
@@ -143,18 +157,20 @@ def _stops(stop: bytes | Sequence[bytes] | None) -> list[bytes]:
 
 def _generate_rows(
     model, prompts: Tensor, max_new_bytes: int, *, temperature, top_k, top_p, generator, stops,
-    use_cache: bool, on_max_len: str,
+    use_cache: bool, on_max_len: str, compile: bool = False,
 ) -> Iterator[Tensor]:
     """Yield (B,) bytes per step for prompts of one length, until max_new_bytes."""
     _check_sampling(temperature, top_k, top_p)
     if on_max_len not in ("slide", "stop"):
         raise MegabyteError(f"on_max_len must be 'slide' or 'stop', got {on_max_len!r}")
+    if compile and not use_cache:
+        raise MegabyteError("compile=True compiles the cached decode step: it needs use_cache=True")
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             try:
-                decoder = _Decoder(model, prompts, use_cache=use_cache, on_max_len=on_max_len)
+                decoder = _Decoder(model, prompts, use_cache=use_cache, on_max_len=on_max_len, compile=compile)
                 for i in range(max_new_bytes):
                     nxt = sample_next(
                         decoder.logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
@@ -187,7 +203,7 @@ def _generator(seed: int | None, device) -> torch.Generator | None:
 def stream(
     model, prompt: bytes, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
     top_p: float | None = None, seed: int | None = None, stop: bytes | Sequence[bytes] | None = None,
-    use_cache: bool = True, on_max_len: str = "slide",
+    use_cache: bool = True, on_max_len: str = "slide", compile: bool = False,
 ) -> Iterator[bytes]:
     """Yield the generated bytes one at a time (each a `bytes` of length 1) as they are produced.
 
@@ -200,6 +216,7 @@ def stream(
     steps = _generate_rows(
         model, _as_tensor(prompt, device), max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
         generator=_generator(seed, device), stops=stops, use_cache=use_cache, on_max_len=on_max_len,
+        compile=compile,
     )
     for nxt in steps:
         out.append(int(nxt[0]))
@@ -230,19 +247,22 @@ def generate(
     model, prompt: bytes | Sequence[bytes], max_new_bytes: int, *, temperature: float = 1.0,
     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
     stop: bytes | Sequence[bytes] | None = None, use_cache: bool = True, on_max_len: str = "slide",
+    compile: bool = False,
 ) -> bytes | list[bytes]:
     """Generate up to `max_new_bytes` after `prompt` and return them (without the prompt).
 
     `prompt` is one `bytes` (returns `bytes`) or a list of them, of any lengths (returns a list;
     prompts of equal length decode together as one batch). `temperature=0` is greedy; `top_k` and
     `top_p` restrict sampling; `seed` makes sampling repeatable; `stop` is a byte string (or
-    several) that ends a row's generation once produced (kept in the output).
+    several) that ends a row's generation once produced (kept in the output). `compile=True`
+    decodes through fixed-shape steps compiled by `torch.compile` (CUDA graphs on a GPU; on the
+    CPU it needs a C compiler): the first call compiles (seconds to minutes), later ones reuse it.
     """
     if max_new_bytes < 0:
         raise MegabyteError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
     if isinstance(prompt, (bytes, bytearray, memoryview)):
         return generate(model, [bytes(prompt)], max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, stop=stop, use_cache=use_cache, on_max_len=on_max_len)[0]
+                        seed=seed, stop=stop, use_cache=use_cache, on_max_len=on_max_len, compile=compile)[0]
     prompts = [bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else p for p in prompt]
     device = _device(model)
     stops = _stops(stop)
@@ -257,7 +277,7 @@ def generate(
         batch = torch.cat([_as_tensor(prompts[i], device) for i in rows])  # (B, L)
         steps = _generate_rows(
             model, batch, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator, stops=stops, use_cache=use_cache, on_max_len=on_max_len,
+            generator=generator, stops=stops, use_cache=use_cache, on_max_len=on_max_len, compile=compile,
         )
         if stops:
             outs = _until_stops(steps, len(rows), stops)

@@ -10,7 +10,11 @@ and returns a dict with `pass` and the numbers it judged, so that a failure says
 - `sdpa_rows`: attention over more than `layers.SDPA_MAX_ROWS` rows x heads (one CUDA SDPA call
   cannot take them: `_sdpa` cuts them into calls) against attention written as matrix products,
   outputs and gradients, and a model forward over that many rows against the same rows in slices;
-- `greedy_generation`: greedy generation with the cache gives the bytes of generation without it.
+- `greedy_generation`: greedy generation with the cache gives the bytes of generation without it;
+- `decoding_without_syncs` (CUDA): decode steps and sampling after the prompt's pass never make
+  the host wait for the device (`torch.cuda.set_sync_debug_mode("error")`);
+- `compiled_generation` (CUDA): `generate(compile=True)`, the decode steps captured as CUDA
+  graphs, gives eager's bytes (greedy and seeded).
 
 fp32 checks run with TF32 off (`float32_products(tf32=False)`, the caller's), so that a bound
 that holds on the CPU means the same on a GPU.
@@ -164,6 +168,43 @@ def greedy_generation(name: str, device: torch.device) -> dict[str, Any]:
     return {"pass": cached == full, "bytes": len(cached), "first_difference": first}
 
 
+SYNC_FREE = ("megabyte-2stage", "megabyte-3stage-cross-patch", "megabyte-space", "transformer", "perceiver-ar")
+"""The configurations `decoding_without_syncs` decodes: fixed, nested and dynamic patches, the baselines."""
+
+
+@torch.no_grad()
+def decoding_without_syncs(name: str, device: torch.device, steps: int = 40) -> dict[str, Any]:
+    from megabyte.generation import sample_next
+
+    model = tiny_model(name, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    logits, state = model.start_decoding(_bytes((2, 11), device))
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(steps):
+            logits = model.continue_decoding(state, sample_next(logits, temperature=1.0, top_k=None, top_p=None,
+                                                                generator=g))
+        error = None
+    except RuntimeError as exc:  # a synchronizing call raised
+        error = str(exc).splitlines()[0][:300]
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    return {"pass": error is None, "steps": steps, "error": error}
+
+
+@torch.no_grad()
+def compiled_generation(device: torch.device, name: str = "megabyte-2stage") -> dict[str, Any]:
+    model = tiny_model(name, device)
+    prompt = b"def f(x):\n    return"
+    out = {}
+    for label, kw in (("greedy", dict(temperature=0)), ("seeded", dict(seed=3))):
+        eager = megabyte.generate(model, prompt, 40, **kw)
+        compiled = megabyte.generate(model, prompt, 40, compile=True, **kw)
+        out[label] = next((i for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)
+    return {"pass": all(v is None for v in out.values()), "first_difference": out}
+
+
 RAW_PROBE = """
 import torch, torch.nn.functional as F
 from megabyte.model.layers import SDPA_MAX_ROWS
@@ -226,7 +267,16 @@ def stage_correctness(stage, opts, work) -> None:
         stage.run(f"_sdpa over {layers.SDPA_MAX_ROWS:,} rows x heads vs matrix products", lambda: sdpa_rows(device))
         stage.run("tiny MEGABYTE over the row limit vs in slices", lambda: model_over_the_row_limit(device))
     if device.type == "cuda":
+        with float32_products(device, tf32=False):
+            for name in SYNC_FREE:
+                stage.run(f"decoding without host syncs: {name}",
+                          lambda name=name: decoding_without_syncs(name, device))
+            stage.run("compiled decoding (CUDA graphs) == eager: megabyte-2stage",
+                      lambda: compiled_generation(device), needs_s=120)
         torch.cuda.empty_cache()  # the later stages' processes measure memory: leave them the GPU
         stage.run("one unchunked SDPA call over the limit (reported)", lambda: raw_probe(opts))
     else:
+        stage.skip("decoding without host syncs", "CUDA only: a CPU has no device queue to wait for")
+        stage.skip("compiled decoding (CUDA graphs) == eager", "CUDA only: the CPU tests compile it "
+                   "(tests/model/test_decode_step.py)")
         stage.skip("one unchunked SDPA call over the limit (reported)", "CUDA only: the CPU has no row limit")

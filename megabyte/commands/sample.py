@@ -4,6 +4,7 @@
     megabyte sample runs/img --out sample.png                      # an image model: one image
     megabyte sample runs/img --prompt-image cat.png --keep-rows 16 --out done.png
     megabyte sample runs/audio --prompt-wav hello.wav --seconds 2 --out more.wav
+    megabyte sample runs/demo --compile --device cuda              # compiled decode steps
 
 The modality comes from the `data_meta.json` that training stores beside each checkpoint
 (text when there is none). `--out` always receives the whole sequence, prompt included.
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--stop", help="text models: stop once this text has been produced")
     p.add_argument("--out", type=Path, help="write the whole sequence here (raw bytes, or PNG/WAV)")
     p.add_argument("--no-cache", action="store_true", help="re-run the full model for every byte (slow)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile'd fixed-shape steps (CUDA graphs on a GPU; the first "
+                        "bytes wait for the compiler; fixed patches and the baselines)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.set_defaults(func=run)
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     model = megabyte.load(checkpoint, device=pick_device(args.device))
     options = dict(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        use_cache=not args.no_cache,
+        use_cache=not args.no_cache, compile=args.compile,
     )
     handler = {"text": _sample_text, "image": _sample_image, "audio": _sample_audio}[meta["modality"]]
     return handler(model, meta, args, options)

@@ -144,7 +144,10 @@ class ByteModel(nn.Module):
 
     # Decoding interface (used by `megabyte.generate`): see each model for the state it keeps.
     def start_decoding(self, prompt: Tensor) -> tuple[Tensor, Any]:
-        """Consume `prompt` (B, L) and return (logits (B, 256) of the next byte, decoding state)."""
+        """Consume `prompt` (B, L) and return (logits (B, 256) of the next byte, decoding state).
+
+        A model that can decode through compiled steps also takes `compile=True` (the built-in
+        ones: static caches and `torch.compile`d steps, `layers.TransformerStack.step`)."""
         raise NotImplementedError
 
     def continue_decoding(self, state: Any, next_bytes: Tensor) -> Tensor:
@@ -162,7 +165,7 @@ class ByteBuffer:
         self.length = L
 
     def append(self, next_bytes: Tensor) -> None:
-        self.data[:, self.length] = next_bytes
+        self.data.select(1, self.length).copy_(next_bytes)
         self.length += 1
 
     def window(self, start: int, end: int) -> Tensor:

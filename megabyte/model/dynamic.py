@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from megabyte.errors import MegabyteError
+from megabyte.model import layers
 from megabyte.model.base import ByteBuffer
 from megabyte.model.entropy import entropy_of, full_precision
 from megabyte.model.layers import KVCache, RowKVCache, Window
@@ -187,7 +189,7 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
                           threshold=model.threshold, relative=cfg.patch_relative)
     else:
         new = starts_next(buf.data, t, state.start, cfg.patching, P)
-    if bool(new.any()):
+    if not layers.host_reads_are_free(new.device) or bool(new.any()):  # else every row runs it, masked
         _close_patches(model, state, new, t)
     offset = t - state.start  # (B,)
     rows = torch.arange(offset.shape[0], device=offset.device)
@@ -198,8 +200,8 @@ def continue_decoding(model, state: DynamicState, next_bytes: Tensor) -> Tensor:
         if cache.length + 1 > cache.capacity:
             cache.restart(keep=W - 1)
     lo = (state.start - cfg.cross_patch).clamp(min=0)[:, None]
-    h = loc.transformer(inputs[:, None], caches=state.local_caches, window=Window(lo, W, start=t))
-    return model.head(h[:, 0])
+    h = loc.transformer.step(inputs[:, None], state.local_caches, window=Window(lo, W, start=t))
+    return F.linear(h[:, 0], model.head.weight)
 
 
 def _close_patches(model, state: DynamicState, new: Tensor, t: int) -> None:
@@ -218,7 +220,7 @@ def _close_patches(model, state: DynamicState, new: Tensor, t: int) -> None:
     active = new & (state.count < cfg.patch_cap)
     for cache in state.global_caches:
         cache.active = active
-    out = g.transformer(inputs, caches=state.global_caches)[:, 0]
+    out = g.transformer.step(inputs, state.global_caches)[:, 0]
     state.gout = torch.where(active[:, None], out, torch.where(new[:, None], torch.zeros_like(out), state.gout))
     state.start = torch.where(new, torch.full_like(state.start, t), state.start)
     state.count = state.count + new.long()

@@ -13,12 +13,21 @@ Reading order: `KVCache` and `KVCapture` (how decoding remembers the past), `Att
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether decoding may read a value back from `device` to decide what to run: on the CPU
+    it costs nothing; on an accelerator it waits for every queued kernel, so decoding computes
+    over fixed shapes instead (more arithmetic, no stall)."""
+    return device.type == "cpu"
 
 
 def compute_dtype(weight: Tensor) -> torch.dtype:
@@ -33,43 +42,125 @@ class KVCache:
 
     `append` adds the new positions and returns everything visible so far. `restart(keep)`
     begins a new patch: the last `keep` entries move to the front (the previous patch's tail
-    that cross-patch attention still sees), everything else is forgotten.
+    that cross-patch attention still sees), everything else is forgotten. Keys and values share
+    one buffer `kv` (2, N, H, capacity, Dh): a decode step writes both with one copy.
     """
 
+    reads_past_length = False
+    """Whether attention reads (masked) entries never written: those must be zeros, not garbage
+    that could be NaN (0 x NaN is NaN)."""
+
     def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
-        shape = (rows, heads, capacity, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        new = torch.zeros if self.reads_past_length else torch.empty  # an entry is written before it is read
+        self.kv = new(2, rows, heads, capacity, head_dim, device=device, dtype=dtype)
         self.length = 0
         self.offset = 0  # sequence position of entry 0 (sliding windows: `Window`)
+        self._views: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # `append_kv`'s, per length
+
+    @property
+    def k(self) -> Tensor:
+        """Keys (N, H, capacity, Dh), a view of `kv` (taken afresh: autograd tracks it then)."""
+        return self.kv[0]
+
+    @property
+    def v(self) -> Tensor:
+        return self.kv[1]
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.kv.shape[3]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        new = k.shape[2]
+        end = self._reserve(k.shape[2])
+        self.k.narrow(2, end - k.shape[2], k.shape[2]).copy_(k)
+        self.v.narrow(2, end - k.shape[2], k.shape[2]).copy_(v)
+        kv = self.kv.narrow(3, 0, end)
+        return kv[0], kv[1]  # (N, H, S, Dh)
+
+    def append_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """`append` of keys and values stacked (2, N, H, L, Dh), as a decode step has them.
+        One position at a time, the views it writes and reads are made once per length."""
+        if kv.shape[3] != 1:
+            end = self._reserve(kv.shape[3])
+            self.kv.narrow(3, end - kv.shape[3], kv.shape[3]).copy_(kv)
+            seen = self.kv.narrow(3, 0, end)
+            return seen[0], seen[1]
+        views = self._views.get(self.length)
+        if views is None:
+            seen = self.kv.narrow(3, 0, self.length + 1)
+            views = self._views[self.length] = (self.kv.narrow(3, self.length, 1), seen[0], seen[1])
+        self._reserve(1)
+        views[0].copy_(kv)
+        return views[1], views[2]
+
+    def _reserve(self, new: int) -> int:
         end = self.length + new
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]  # (N, H, S, Dh)
+        return end
+
+    def attn_mask(self, queries: int, window: Window | None) -> Tensor | None:
+        """What the last `queries` positions appended see of the `length` entries (None: all
+        of them, one query)."""
+        S = self.length
+        if window is not None:
+            kpos = self.offset + torch.arange(S, device=self.kv.device)
+            qpos = window.start + torch.arange(queries, device=self.kv.device)
+            return ((kpos >= window.lo[:, :, None]) & (kpos <= qpos[:, None]))[:, None]  # (N, 1, L, S)
+        return None if queries == 1 else _causal_mask_with_offset(queries, S, self.kv.device)
 
     def restart(self, keep: int = 0) -> None:
         keep = min(keep, self.length)
         if keep:
-            self.k[:, :, :keep] = self.k[:, :, self.length - keep : self.length].clone()
-            self.v[:, :, :keep] = self.v[:, :, self.length - keep : self.length].clone()
+            self.kv[:, :, :, :keep] = self.kv[:, :, :, self.length - keep : self.length].clone()
         self.offset += self.length - keep
         self.length = keep
+
+
+class StaticKVCache(KVCache):
+    """A `KVCache` whose decode steps have the same shapes at every byte, as `torch.compile`
+    and CUDA graphs need: `TransformerStack.step` writes the new position at `pos`, a device
+    tensor (1,) that mirrors `length`, and attends over the whole capacity under the mask
+    `slots <= pos` (reading a growing slice would change the shapes every byte, and the host
+    int `length` would be baked into a captured graph). The layers of one stack share `pos`
+    and `slots`. Outside the step (the prompt's pass, `restart`) it behaves as a `KVCache`."""
+
+    reads_past_length = True
+
+    def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype,
+                 pos: Tensor | None = None) -> None:
+        super().__init__(rows, heads, capacity, head_dim, device=device, dtype=dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device) if pos is None else pos
+        self.slots = torch.arange(capacity, device=device)
+
+    def _reserve(self, new: int) -> int:
+        end = super()._reserve(new)
+        self.pos.fill_(end)
+        return end
+
+    def restart(self, keep: int = 0) -> None:
+        super().restart(keep)
+        self.pos.fill_(self.length)
+
+    def reset(self) -> None:
+        """Empty, for a new decoding session (its buffers are reused: `TransformerStack.new_caches`)."""
+        self.kv.zero_()
+        self.length = self.offset = 0
+        self.pos.zero_()
+        self._views.clear()
 
 
 class RowKVCache(KVCache):
     """A KV cache whose rows hold different numbers of positions (a dynamically patched global
     stage: every row closes its patches at its own bytes). Before each call set `active`, the
-    (N,) bool rows that add a position; the others write a scratch entry that stays invisible."""
+    (N,) bool rows that add a position; the others write a scratch entry that stays invisible.
+
+    On the CPU attention reads the entries up to the longest row's (a host read of that length
+    costs nothing there); on an accelerator it reads the whole capacity under the mask instead,
+    so that decoding never waits for the device to report a length."""
+
+    reads_past_length = True
 
     def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, *, device, dtype) -> None:
         super().__init__(rows, heads, capacity + 1, head_dim, device=device, dtype=dtype)
@@ -83,10 +174,16 @@ class RowKVCache(KVCache):
         at = self.lengths.clamp(max=self.capacity - 1)  # each row's new entry
         self.k[rows, :, at] = k[:, :, 0]
         self.v[rows, :, at] = v[:, :, 0]
-        end = int(at.max()) + 1
+        end = int(at.max()) + 1 if host_reads_are_free(k.device) else self.capacity
         self.visible = torch.arange(end, device=k.device) <= at[:, None]  # (N, S): a row sees its own entries
         self.lengths = self.lengths + self.active.long()
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def append_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        return self.append(kv[0], kv[1])
+
+    def attn_mask(self, queries: int, window: Window | None) -> Tensor:
+        return self.visible[:, None, None, :]  # (N, 1, 1, S)
 
     def fill(self, k: Tensor, v: Tensor, lengths: Tensor) -> None:
         """Start from a full pass: k, v (N, H, L, Dh) of L positions, `lengths` (N,) of them real."""
@@ -262,16 +359,7 @@ class Attention(nn.Module):
 
     def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, window: Window | None) -> Tensor:
         keys, values = cache.append(k, v)  # (N, H, S, Dh): every position so far
-        L, S = q.shape[2], keys.shape[2]
-        if isinstance(cache, RowKVCache):
-            mask = cache.visible[:, None, None, :]  # (N, 1, 1, S)
-        elif window is not None:
-            kpos = cache.offset + torch.arange(S, device=q.device)
-            qpos = window.start + torch.arange(L, device=q.device)
-            mask = ((kpos >= window.lo[:, :, None]) & (kpos <= qpos[:, None]))[:, None]  # (N, 1, L, S)
-        else:
-            mask = None if L == 1 else _causal_mask_with_offset(L, S, q.device)
-        return _sdpa(q, keys, values, mask=mask)
+        return _sdpa(q, keys, values, mask=cache.attn_mask(q.shape[2], window))
 
 
 class MLP(nn.Module):
@@ -335,14 +423,85 @@ class TransformerStack(nn.Module):
                 x = block(x, groups=groups, cache=cache, window=window)
         return self.norm(x)
 
-    def new_caches(self, rows: int, capacity: int, *, cls: type = KVCache) -> list[KVCache]:
+    def new_caches(self, rows: int, capacity: int, *, cls: type = KVCache) -> LayerCaches:
         """One cache per block, on the stack's device, in the dtype its keys and values are
         computed in (`compute_dtype`): a cache of another dtype costs a conversion per layer and
-        byte on writing, and another when attention reads it back."""
+        byte on writing, and another when attention reads it back.
+
+        `StaticKVCache`s are allocated once per stack and shape and handed out again, emptied,
+        to the next decoding session: a captured decode step (a CUDA graph) reads and writes
+        them at fixed addresses. So one stack holds one static session at a time."""
         weight = self.norm.weight
         head_dim = self.dim // self.heads
-        return [cls(rows, self.heads, capacity, head_dim, device=weight.device, dtype=compute_dtype(weight))
-                for _ in self.blocks]
+        dtype = compute_dtype(weight)
+        if cls is StaticKVCache:
+            key = (rows, capacity, dtype, weight.device)
+            pooled = _STATIC_POOL.get(self)
+            if pooled is not None and pooled[0] == key:
+                for cache in pooled[1]:
+                    cache.reset()
+                pooled[1].weights = _block_weights(self)
+                return pooled[1]
+            pos = torch.zeros(1, dtype=torch.long, device=weight.device)
+            caches = LayerCaches(
+                StaticKVCache(rows, self.heads, capacity, head_dim, device=weight.device, dtype=dtype, pos=pos)
+                for _ in self.blocks)
+            for cache in caches[1:]:
+                cache.slots = caches[0].slots
+            if weight.device.type == "cuda":  # a CUDA graph then reads them where they are, uncopied
+                for cache in caches:
+                    torch._dynamo.mark_static_address(cache.kv)
+                torch._dynamo.mark_static_address(pos)
+                torch._dynamo.mark_static_address(caches[0].slots)
+            _STATIC_POOL[self] = (key, caches)
+        else:
+            caches = LayerCaches(cls(rows, self.heads, capacity, head_dim, device=weight.device, dtype=dtype)
+                                 for _ in self.blocks)
+        caches.weights = _block_weights(self)
+        return caches
+
+    def step(self, x: Tensor, caches: list[KVCache], *, window: Window | None = None,
+             compiled: bool = False) -> Tensor:
+        """Decoding: the stack over new positions x (N, L, D) after the cached ones, appending
+        to `caches`. The cached `forward` op for op (the same numbers), with the Python of the
+        module calls gone: a small stage's byte costs more in calls than in arithmetic.
+
+        With `StaticKVCache`s and one position, the step has fixed shapes (`static_step`);
+        `compiled` runs it through `torch.compile` (`compiled_step`: CUDA graphs on a GPU)."""
+        N, L, D = x.shape
+        if self.training:  # dropout: the modules' own path
+            return self(x, caches=caches, window=window)
+        first = caches[0]
+        if isinstance(first, StaticKVCache) and window is None and L == 1:
+            if first.length + 1 > first.capacity:
+                raise RuntimeError(f"KV cache overflow: {first.length + 1} positions > capacity {first.capacity}")
+            fn = compiled_step(x.device) if compiled else static_step
+            out = fn(self, x, [c.kv for c in caches], first.pos, first.slots)
+            if compiled and x.device.type == "cuda":
+                out = out.clone()  # a CUDA graph's output lives in its pool until the graph runs again
+            for cache in caches:
+                cache.length += 1  # the host's copy of `pos`, which the step advanced
+            return out
+        weights = getattr(caches, "weights", None) or _block_weights(self)
+        # A linear of rows is `mm(rows, W.t())` (what F.linear calls, bit for bit) minus three
+        # dispatches; under autocast F.linear, whose cast of the weight autocast caches.
+        mm = not torch.is_autocast_enabled(x.device.type)
+        mask = None
+        x = x.reshape(N * L, D)  # rows
+        for i, (w, cache) in enumerate(zip(weights, caches)):
+            h = F.layer_norm(x, (D,), w.norm1, None, w.eps1)
+            qkv = (torch.mm(h, w.qkv_t) if mm else F.linear(h, w.qkv)).view(N, L, 3, w.heads, w.head_dim)
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, H, L, Dh)
+            keys, values = cache.append_kv(qkv[1:])
+            if i == 0 or isinstance(cache, RowKVCache):  # the layers' caches advance together
+                mask = cache.attn_mask(L, window)
+            y = _sdpa(qkv[0], keys, values, mask=mask)
+            y = y.reshape(N, D) if L == 1 else y.transpose(1, 2).reshape(N * L, D)
+            x = x + (torch.mm(y, w.out_t) if mm else F.linear(y, w.out))
+            h = F.layer_norm(x, (D,), w.norm2, None, w.eps2)
+            h = F.gelu(torch.mm(h, w.up_t) if mm else F.linear(h, w.up))
+            x = x + (torch.mm(h, w.down_t) if mm else F.linear(h, w.down))
+        return F.layer_norm(x, (D,), self.norm.weight, None, self.norm.eps).view(N, L, D)
 
     def init_weights(self, std: float = 0.02) -> None:
         """GPT-2 style: normal(0, std), residual output projections scaled by 1/sqrt(2 * depth)."""
@@ -355,3 +514,75 @@ class TransformerStack(nn.Module):
             nn.init.ones_(block.norm1.weight)
             nn.init.ones_(block.norm2.weight)
         nn.init.ones_(self.norm.weight)
+
+
+class _BlockWeights(NamedTuple):
+    norm1: Tensor
+    eps1: float
+    qkv: Tensor
+    heads: int
+    head_dim: int
+    out: Tensor
+    norm2: Tensor
+    eps2: float
+    up: Tensor
+    down: Tensor
+    qkv_t: Tensor  # the linear weights transposed (views)
+    out_t: Tensor
+    up_t: Tensor
+    down_t: Tensor
+
+
+def _block_weights(stack: TransformerStack) -> list[_BlockWeights]:
+    """Each block's parameters, looked up through its modules once per decoding session."""
+    weights = []
+    for b in stack.blocks:
+        qkv, out, up, down = b.attn.qkv.weight, b.attn.out.weight, b.mlp.up.weight, b.mlp.down.weight
+        weights.append(_BlockWeights(b.norm1.weight, b.norm1.eps, qkv, b.attn.heads, b.attn.head_dim, out,
+                                     b.norm2.weight, b.norm2.eps, up, down, qkv.t(), out.t(), up.t(), down.t()))
+    return weights
+
+
+class LayerCaches(list):
+    """The caches of one stack's blocks for one decoding session (a list, one per block), with
+    the blocks' weights gathered when it was made (`weights`, read by `TransformerStack.step`)."""
+
+    weights: list[_BlockWeights] | None = None
+
+
+_STATIC_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per stack: (shape key, its `StaticKVCache`s), reused by the next static session."""
+
+
+def static_step(stack: TransformerStack, x: Tensor, kvs: list[Tensor], pos: Tensor, slots: Tensor) -> Tensor:
+    """One position x (N, 1, D) through `stack` with static caches: each layer writes its keys
+    and values at `pos` of its buffer `kvs[i]` (2, N, H, capacity, Dh) and attends over the
+    whole capacity under `slots <= pos`; then `pos` advances. The same shapes at every byte."""
+    N, L, D = x.shape
+    mask = (slots <= pos).view(1, -1)  # (1, S): the entries written so far, this one included
+    for block, kv in zip(stack.blocks, kvs):
+        attn = block.attn
+        qkv = attn.qkv(block.norm1(x)).view(N, L, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        kv.index_copy_(3, pos, qkv[1:])
+        y = _sdpa(qkv[0], kv[0], kv[1], mask=mask)
+        x = x + attn.out(y.transpose(1, 2).reshape(N, L, D))
+        x = x + block.mlp(block.norm2(x))
+    pos.add_(1)
+    return stack.norm(x)
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def compiled_step(device: torch.device):
+    """`static_step` through `torch.compile` (made once per device type): CUDA graphs
+    ("reduce-overhead") on a GPU, fused C++ kernels called from a C++ wrapper on the CPU (which
+    needs a C++ compiler)."""
+    kind = torch.device(device).type
+    if kind not in _COMPILED:
+        if kind == "cuda":
+            _COMPILED[kind] = torch.compile(static_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        else:  # a C++ wrapper: no Python between the kernels of a step
+            _COMPILED[kind] = torch.compile(static_step, options={"cpp_wrapper": True}, fullgraph=True,
+                                            dynamic=False)
+    return _COMPILED[kind]

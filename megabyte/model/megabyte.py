@@ -33,7 +33,7 @@ from megabyte.errors import MegabyteError
 from megabyte.model import dynamic
 from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigError, ConfigMixin, as_tuple, require
 from megabyte.model.entropy import entropies
-from megabyte.model.layers import KVCache, KVCapture, TransformerStack
+from megabyte.model.layers import KVCache, KVCapture, StaticKVCache, TransformerStack
 from megabyte.model.patching import RULES, patch_starts
 
 
@@ -425,23 +425,46 @@ class Megabyte(ByteModel):
             outs.append(stage.transformer(inputs, groups=groups, caches=caches).view(B, N, -1))
         return outs
 
+    def _prefill_current(self, x: Tensor, L: int, captures: list) -> list[Tensor]:
+        """The full pass for decoding from byte L without cross-patch attention: the global
+        stage over every position, each stage below only over the one parent position that
+        byte L is in (the other patches' byte-level outputs and keys are never needed). Returns
+        each stage's output (B, D_i) at its current position."""
+        outs: list[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            m = L // stage.sub_size  # current position of stage i
+            if i == 0:
+                N = x.shape[1] // stage.sub_size
+                h = stage.transformer(stage.embed(x, 0, N), caches=captures[0])  # (B, N_0, D_0)
+            else:
+                P = stage.positions
+                row = m // P  # the parent position: one row of P positions
+                inputs = stage.embed(x, row * P, P) + stage.link(outs[-1], slice(None))  # (B, P, D_i)
+                h = stage.transformer(inputs, caches=[_RowCapture(c) for c in captures[i]])
+                m = m % P
+            outs.append(h[:, m])
+        return outs
+
     # ----------------------------------------------------------------------------- decoding
     @torch.no_grad()
-    def start_decoding(self, prompt: Tensor) -> tuple[Tensor, _DecodeState]:
+    def start_decoding(self, prompt: Tensor, *, compile: bool = False) -> tuple[Tensor, _DecodeState]:
         """Run the prompt through one full forward pass that also fills every stage's KV cache.
 
         The pass covers the prompt plus one placeholder byte at position L (the one to predict):
         by causality the placeholder changes nothing, and every stage then sits exactly at the
-        position that predicts byte L.
+        position that predicts byte L. `compile`: static caches and compiled decode steps
+        (`TransformerStack.step`).
         """
         cfg = self.config
         B, L = prompt.shape
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
         if cfg.dynamic:
+            if compile:
+                raise MegabyteError(f"compiled decoding supports fixed patches only, not {cfg.patching!r} patches")
             return dynamic.start_decoding(self, prompt)
         buf = ByteBuffer(prompt.long(), cfg.padded_len)
-        state = _DecodeState(buf=buf, caches=[], outs=[])
+        state = _DecodeState(buf=buf, caches=[], outs=[], compiled=compile)
         captures = []
         for i, stage in enumerate(self.stages):
             m = L // stage.sub_size  # current position of stage i
@@ -449,14 +472,18 @@ class Megabyte(ByteModel):
                 capacity, row, keep = cfg.padded_len // stage.sub_size, 0, m + 1
             else:
                 capacity, row, keep = cfg.cross_patch + stage.positions, m // stage.positions, m % stage.positions + 1
-            caches = stage.transformer.new_caches(B, capacity)
+            caches = stage.transformer.new_caches(B, capacity, cls=StaticKVCache if compile else KVCache)
             state.caches.append(caches)
             prefix = cfg.cross_patch if i else 0
             captures.append([KVCapture(c, row=row, keep=keep, prefix=prefix) for c in caches])
         S0 = cfg.sub_sizes[0]
         Tp = (L // S0 + 1) * S0
-        outs = self._run_stages(buf.window(0, Tp), Tp, captures)
-        state.outs = [h[:, L // stage.sub_size] for h, stage in zip(outs, self.stages)]  # (B, D_i) each
+        if cfg.cross_patch:  # every patch's keys reach the next one's: the full pass
+            outs = self._run_stages(buf.window(0, Tp), Tp, captures)
+            state.outs = [h[:, L // stage.sub_size] for h, stage in zip(outs, self.stages)]  # (B, D_i) each
+        else:
+            state.outs = self._prefill_current(buf.window(0, Tp), L, captures)
+        state.links = [None] + [stage.link(parent, slice(None)) for stage, parent in zip(self.stages[1:], state.outs)]
         return self.head(state.outs[-1]), state
 
     @torch.no_grad()
@@ -464,7 +491,9 @@ class Megabyte(ByteModel):
         """Append one byte per row; advance every stage whose position changes.
 
         Per byte only the byte stage runs; stage i runs once every S_i bytes (the global stage
-        once per patch), which is where MEGABYTE's decoding speed comes from.
+        once per patch), which is where MEGABYTE's decoding speed comes from. A stage that runs
+        also projects its output into the P slices its child adds to its inputs, once for the
+        patch (`state.links`), as the full pass does.
         """
         if self.config.dynamic:
             return dynamic.continue_decoding(self, state, next_bytes)
@@ -473,19 +502,37 @@ class Megabyte(ByteModel):
         t = buf.length  # position of the byte to predict next
         if t >= cfg.max_seq_len:
             raise ValueError(f"reached the model's max_seq_len ({cfg.max_seq_len} bytes)")
+        last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             if t % stage.sub_size:
                 continue  # stage i stays at its current position
             m = t // stage.sub_size
-            inputs = stage.embed(buf.data, m, 1)  # (B, 1, D_i)
+            if i == last and stage.sub_size == 1 and stage.embed_proj is None:
+                inputs = F.embedding(buf.data.narrow(1, t - 1, 1), stage.byte_embed.weight)  # (B, 1, D): `embed`
+            else:
+                inputs = stage.embed(buf.data, m, 1)  # (B, 1, D_i)
             if i > 0:
                 j = m % stage.positions
                 if j == 0:
                     for cache in state.caches[i]:
                         cache.restart(keep=cfg.cross_patch)
-                inputs = inputs + stage.link(state.outs[i - 1], slice(j, j + 1))
-            state.outs[i] = stage.transformer(inputs, caches=state.caches[i])[:, 0]
-        return self.head(state.outs[-1])
+                inputs = inputs + state.links[i][:, j : j + 1]
+            state.outs[i] = stage.transformer.step(inputs, state.caches[i], compiled=state.compiled)[:, 0]
+            if i < last:
+                state.links[i + 1] = self.stages[i + 1].link(state.outs[i], slice(None))  # (B, P_{i+1}, D_{i+1})
+        return F.linear(state.outs[-1], self.head.weight)
+
+
+class _RowCapture:
+    """A `KVCapture` of a pass over its row alone (row 0 of one group)."""
+
+    def __init__(self, capture: KVCapture) -> None:
+        self.capture = capture
+
+    def __call__(self, k: Tensor, v: Tensor, groups: int) -> None:
+        c = self.capture
+        c.cache.length = 0
+        c.cache.append(k[:, :, : c.keep], v[:, :, : c.keep])
 
 
 @dataclass
@@ -493,3 +540,5 @@ class _DecodeState:
     buf: ByteBuffer
     caches: list[list[KVCache]]  # per stage, per layer
     outs: list[Any]  # per stage: output (B, D_i) at its current position
+    links: list[Any] = field(default_factory=list)  # per stage below the global: (B, P_i, D_i), the parent's slices
+    compiled: bool = False

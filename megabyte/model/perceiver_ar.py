@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
-from megabyte.model.layers import KVCache, TransformerStack
+from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack
 from megabyte.model.transformer import ShiftedByteEmbedding
 
 
@@ -91,15 +91,17 @@ class PerceiverAR(ByteModel):
         return self.head(h.view(B, Tp, -1)[:, :T])
 
     @torch.no_grad()
-    def start_decoding(self, prompt: Tensor) -> tuple[Tensor, _DecodeState]:
+    def start_decoding(self, prompt: Tensor, *, compile: bool = False) -> tuple[Tensor, _DecodeState]:
         B, L = prompt.shape
         cfg = self.config
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
+        cls = StaticKVCache if compile else KVCache
         state = _DecodeState(
             buf=ByteBuffer(prompt.long(), cfg.max_seq_len),
-            cross=self.cross.new_caches(B, cfg.max_seq_len),
-            latent=self.latent.new_caches(B, cfg.num_latents),
+            cross=self.cross.new_caches(B, cfg.max_seq_len, cls=cls),
+            latent=self.latent.new_caches(B, cfg.num_latents, cls=cls),
+            compiled=compile,
         )
         h = self.cross(self.embed(state.buf.data, 0, L + 1), caches=state.cross)  # positions 0..L
         chunk_start = L // cfg.num_latents * cfg.num_latents
@@ -115,9 +117,9 @@ class PerceiverAR(ByteModel):
         if t % self.config.num_latents == 0:  # a new chunk: its latents start afresh
             for cache in state.latent:
                 cache.restart()
-        h = self.cross(self.embed(state.buf.data, t, 1), caches=state.cross)
-        h = self.latent(h, caches=state.latent)
-        return self.head(h[:, -1])
+        h = self.cross.step(self.embed(state.buf.data, t, 1), state.cross, compiled=state.compiled)
+        h = self.latent.step(h, state.latent, compiled=state.compiled)
+        return F.linear(h[:, -1], self.head.weight)
 
 
 @dataclass
@@ -125,3 +127,4 @@ class _DecodeState:
     buf: ByteBuffer
     cross: list[KVCache]
     latent: list[KVCache]
+    compiled: bool = False

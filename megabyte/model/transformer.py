@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
-from megabyte.model.layers import KVCache, TransformerStack
+from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack
 
 
 @dataclass
@@ -100,13 +101,13 @@ class Transformer(ByteModel):
         return self.head(self.transformer(self.embed(x, 0, x.shape[1])))  # (B, T, V)
 
     @torch.no_grad()
-    def start_decoding(self, prompt: Tensor) -> tuple[Tensor, _DecodeState]:
+    def start_decoding(self, prompt: Tensor, *, compile: bool = False) -> tuple[Tensor, _DecodeState]:
         B, L = prompt.shape
         cfg = self.config
         if L + 1 > cfg.max_seq_len:
             raise ValueError(f"prompt of {L} bytes leaves no room under max_seq_len {cfg.max_seq_len}")
-        caches = self.transformer.new_caches(B, cfg.max_seq_len)
-        state = _DecodeState(ByteBuffer(prompt.long(), cfg.max_seq_len), caches)
+        caches = self.transformer.new_caches(B, cfg.max_seq_len, cls=StaticKVCache if compile else KVCache)
+        state = _DecodeState(ByteBuffer(prompt.long(), cfg.max_seq_len), caches, compile)
         h = self.transformer(self.embed(state.buf.data, 0, L + 1), caches=caches)  # positions 0..L
         return self.head(h[:, -1]), state
 
@@ -116,11 +117,12 @@ class Transformer(ByteModel):
         t = state.buf.length
         if t >= self.config.max_seq_len:
             raise ValueError(f"reached the model's max_seq_len ({self.config.max_seq_len} bytes)")
-        h = self.transformer(self.embed(state.buf.data, t, 1), caches=state.caches)
-        return self.head(h[:, -1])
+        h = self.transformer.step(self.embed(state.buf.data, t, 1), state.caches, compiled=state.compiled)
+        return F.linear(h[:, -1], self.head.weight)
 
 
 @dataclass
 class _DecodeState:
     buf: ByteBuffer
     caches: list[KVCache]
+    compiled: bool = False

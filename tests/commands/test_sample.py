@@ -35,6 +35,24 @@ def test_text_streams_to_stdout_and_writes_raw_bytes(tmp_path, capsys):
     assert data[len("héllo".encode()):] == megabyte.generate(model, "héllo".encode(), 40, seed=1, temperature=0.8)
 
 
+def test_compile_samples_what_eager_samples(tmp_path, capsys, monkeypatch):
+    """--compile decodes through the fixed-shape step (run eagerly here: the compiler itself is
+    tested once, in tests/model/test_decode_step.py)."""
+    from megabyte.model import layers
+
+    monkeypatch.setattr(layers, "compiled_step", lambda device: layers.static_step)
+    run = make_run(tmp_path)
+    outs = []
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"sample{len(flags)}.bin"
+        assert main(["sample", str(run), "--prompt", "abc", "--max-bytes", "30", "--seed", "2", "--out", str(out),
+                     *flags]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert main(["sample", str(run), "--compile", "--no-cache"]) == 2
+    assert "use_cache" in capsys.readouterr().err
+
+
 def test_image_model_writes_a_png_of_the_right_size(tmp_path):
     size, channels = 4, 3
     meta = {"modality": "image", "size": size, "channels": channels, "order": "patch", "patch_pixels": 2,

@@ -167,6 +167,13 @@ def test_greedy_cached_equals_uncached_for_batched_prompts_and_past_max_seq_len(
     assert cached == uncached and all(len(c) == 90 for c in cached)
 
 
+def test_decoding_without_host_reads_equals_the_full_pass(entropy_run, text_data, monkeypatch):
+    from tests.model.test_decode_step import decode_without_host_reads
+
+    model = entropy_model(entropy_run, text_data)
+    decode_without_host_reads(model, rows(text_data, 2)[:, : SEQ - 4], monkeypatch)
+
+
 def test_flops_count_the_entropy_model_apart(entropy_run, text_data):
     model = entropy_model(entropy_run, text_data)
     cfg, x = model.config, rows(text_data)
