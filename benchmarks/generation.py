@@ -3,6 +3,7 @@
     python benchmarks/generation.py                 # the issue's 25M configuration, 2 threads
     python benchmarks/generation.py --quick         # tiny models, seconds
     python benchmarks/generation.py --no-compile    # without the compiled row (no C++ compiler)
+    python benchmarks/generation.py --against /tmp/old --rounds 4   # cached MEGABYTE against another checkout
 
 Prints a markdown table of bytes/s (median of --repeats runs) for 512 new bytes after a
 512-byte prompt, the prompt's pass included. Untrained weights: speed does not depend on what
@@ -18,8 +19,12 @@ with nothing else to do, at the matrix-vector bandwidth measured here first.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,7 +48,8 @@ def bytes_per_second(model, prompt: bytes, new: int, *, use_cache: bool, repeats
     rates = []
     for i in range(repeats):
         start = time.perf_counter()
-        out = megabyte.generate(model, prompt, new, seed=i, use_cache=use_cache, compile=compile)
+        extra = {"compile": True} if compile else {}  # (a checkout from before compile=True: `--against`)
+        out = megabyte.generate(model, prompt, new, seed=i, use_cache=use_cache, **extra)
         rates.append(len(out) / (time.perf_counter() - start))
     return statistics.median(rates), (max(rates) - min(rates)) / 2
 
@@ -75,6 +81,45 @@ def matvec_bandwidth(models, repeats: int = 5) -> float:
     return sum(w.nbytes for w in weights) / best
 
 
+def cached_rate(args) -> float:
+    """`--cached-only`: the cached MEGABYTE row alone, in this process (with whichever
+    `megabyte` is importable: `--against` points a child process at another checkout)."""
+    mb = megabyte.Megabyte(configs(args.quick)[0]).eval()
+    prompt = bytes(range(256)) * (args.prompt_bytes // 256) + bytes(args.prompt_bytes % 256)
+    megabyte.generate(mb, prompt, 16)  # warm-up
+    return bytes_per_second(mb, prompt, args.new_bytes, use_cache=True, repeats=args.repeats)[0]
+
+
+def against(args) -> None:
+    """Cached MEGABYTE from this checkout and from `args.against`, each in a fresh process,
+    alternating for `args.rounds` rounds: the ratio of two codes measured side by side."""
+    ours = str(Path(__file__).resolve().parents[1])
+    theirs = str(Path(args.against).resolve())
+    if not (Path(theirs) / "megabyte" / "__init__.py").is_file():
+        sys.exit(f"error: --against {args.against}: no megabyte package there (a checkout of another revision)")
+    flags = ["--cached-only", "--threads", str(args.threads), "--repeats", str(args.repeats),
+             "--prompt-bytes", str(args.prompt_bytes), "--new-bytes", str(args.new_bytes)] + \
+        (["--quick"] if args.quick else [])
+
+    def rate(root: str) -> float:
+        env = {**os.environ, "PYTHONPATH": root}
+        done = subprocess.run([sys.executable, __file__, *flags], env=env, capture_output=True, text=True, cwd=root)
+        if done.returncode != 0:
+            sys.exit(f"error: the run from {root} failed: {done.stderr.strip().splitlines()[-1:]}")
+        return float(done.stdout.split()[-1])
+
+    print(f"cached MEGABYTE, {args.new_bytes} new bytes after a {args.prompt_bytes}-byte prompt, "
+          f"{args.threads} threads, fp32: this checkout against {theirs}\n")
+    print("| round | this checkout (bytes/s) | the other (bytes/s) | ratio |")
+    print("|---:|---:|---:|---:|")
+    ratios = []
+    for r in range(1, args.rounds + 1):
+        a, b = rate(ours), rate(theirs)
+        ratios.append(a / b)
+        print(f"| {r} | {a:.1f} | {b:.1f} | {a / b:.2f}x |", flush=True)
+    print(f"\nmedian ratio {statistics.median(ratios):.2f}x over {args.rounds} rounds")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt-bytes", type=int, default=512)
@@ -84,8 +129,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny models (for tests)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled row")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="time cached MEGABYTE here and in CHECKOUT (another revision), alternately")
+    parser.add_argument("--rounds", type=int, default=3, help="--against: rounds of the two")
+    parser.add_argument("--cached-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.against:
+        return against(args)
+    if args.cached_only:
+        print(f"{cached_rate(args):.3f}")
+        return None
     torch.manual_seed(0)
     mb_cfg, tf_cfg = configs(args.quick)
     mb, tf = megabyte.Megabyte(mb_cfg).eval(), megabyte.Transformer(tf_cfg).eval()
