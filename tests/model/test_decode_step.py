@@ -106,6 +106,11 @@ def test_dynamic_decoding_without_host_reads_equals_the_full_forward(monkeypatch
     decode_without_host_reads(make(name), x, monkeypatch)
 
 
+def test_row_gelu_is_gelu():
+    x = torch.randn(3, 1024) * 4
+    torch.testing.assert_close(layers._row_gelu(x), torch.nn.functional.gelu(x), atol=1e-6, rtol=1e-6)
+
+
 def test_compile_needs_the_cache_and_fixed_patches():
     with pytest.raises(MegabyteError, match="use_cache"):
         megabyte.generate(make("transformer"), b"a", 5, use_cache=False, compile=True)
