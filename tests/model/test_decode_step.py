@@ -106,9 +106,11 @@ def test_dynamic_decoding_without_host_reads_equals_the_full_forward(monkeypatch
     decode_without_host_reads(make(name), x, monkeypatch)
 
 
-def test_row_gelu_is_gelu():
+def test_row_gelu_is_gelu_and_leaves_onednn_as_it_was():
     x = torch.randn(3, 1024) * 4
+    enabled = torch._C._get_mkldnn_enabled()
     torch.testing.assert_close(layers._row_gelu(x), torch.nn.functional.gelu(x), atol=1e-6, rtol=1e-6)
+    assert torch._C._get_mkldnn_enabled() == enabled
 
 
 def test_compile_needs_the_cache_and_fixed_patches():
