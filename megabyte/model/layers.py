@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from megabyte.errors import MegabyteError
+
 
 def host_reads_are_free(device: torch.device) -> bool:
     """Whether decoding may read a value back from `device` to decide what to run: on the CPU
@@ -438,10 +440,13 @@ class TransformerStack(nn.Module):
             key = (rows, capacity, dtype, weight.device)
             pooled = _STATIC_POOL.get(self)
             if pooled is not None and pooled[0] == key:
-                for cache in pooled[1]:
+                pooled[1].revoked = True  # the session that had them must not write into the new one's
+                caches = LayerCaches(pooled[1])
+                for cache in caches:
                     cache.reset()
-                pooled[1].weights = _block_weights(self)
-                return pooled[1]
+                caches.weights = _block_weights(self)
+                _STATIC_POOL[self] = (key, caches)
+                return caches
             pos = torch.zeros(1, dtype=torch.long, device=weight.device)
             caches = LayerCaches(
                 StaticKVCache(rows, self.heads, capacity, head_dim, device=weight.device, dtype=dtype, pos=pos)
@@ -564,6 +569,16 @@ class LayerCaches(list):
     the blocks' weights gathered when it was made (`weights`, read by `TransformerStack.step`)."""
 
     weights: list[_BlockWeights] | None = None
+    revoked = False  # its static caches were handed to a newer session (`new_caches`)
+
+
+def ensure_current(*sessions: list[KVCache]) -> None:
+    """Refuse to go on decoding with static caches that a newer session of the same stack has
+    taken (`new_caches` hands them out again): the older one would write into the newer one's.
+    Call before a decode step touches them (restarts included)."""
+    if any(getattr(caches, "revoked", False) for caches in sessions):
+        raise MegabyteError("this compiled decoding session's static caches were taken by a newer session "
+                            "of the same model: decode one compiled session per model at a time")
 
 
 _STATIC_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -33,7 +33,7 @@ from megabyte.errors import MegabyteError
 from megabyte.model import dynamic
 from megabyte.model.base import MAX_DEPTH, VOCAB, ByteBuffer, ByteModel, ConfigError, ConfigMixin, as_tuple, require
 from megabyte.model.entropy import entropies
-from megabyte.model.layers import KVCache, KVCapture, StaticKVCache, TransformerStack
+from megabyte.model.layers import KVCache, KVCapture, StaticKVCache, TransformerStack, ensure_current
 from megabyte.model.patching import RULES, patch_starts
 
 
@@ -497,6 +497,8 @@ class Megabyte(ByteModel):
         """
         if self.config.dynamic:
             return dynamic.continue_decoding(self, state, next_bytes)
+        if state.compiled:
+            ensure_current(*state.caches)
         buf, cfg = state.buf, self.config
         buf.append(next_bytes)
         t = buf.length  # position of the byte to predict next

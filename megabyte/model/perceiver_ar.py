@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
-from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack
+from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack, ensure_current
 from megabyte.model.transformer import ShiftedByteEmbedding
 
 
@@ -110,6 +110,8 @@ class PerceiverAR(ByteModel):
 
     @torch.no_grad()
     def continue_decoding(self, state: _DecodeState, next_bytes: Tensor) -> Tensor:
+        if state.compiled:
+            ensure_current(state.cross, state.latent)
         state.buf.append(next_bytes)
         t = state.buf.length
         if t >= self.config.max_seq_len:

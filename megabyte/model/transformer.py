@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megabyte.model.base import VOCAB, ByteBuffer, ByteModel, ConfigMixin, check_stack_fields, require
-from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack
+from megabyte.model.layers import KVCache, StaticKVCache, TransformerStack, ensure_current
 
 
 @dataclass
@@ -113,6 +113,8 @@ class Transformer(ByteModel):
 
     @torch.no_grad()
     def continue_decoding(self, state: _DecodeState, next_bytes: Tensor) -> Tensor:
+        if state.compiled:
+            ensure_current(state.caches)
         state.buf.append(next_bytes)
         t = state.buf.length
         if t >= self.config.max_seq_len:

@@ -65,6 +65,23 @@ def test_static_caches_are_reused_emptied(monkeypatch):
     _, second = model.start_decoding(torch.tensor([list(b"xy")]), compile=True)
     assert [c.kv for caches in second.caches for c in caches] == buffers  # the same tensors
     assert [c.length for c in second.caches[0]] == [1] * len(second.caches[0])  # the new prompt's
+    lengths = [c.length for caches in second.caches for c in caches]
+    for _ in range(8):  # through a patch boundary (restarts) too
+        with pytest.raises(MegabyteError, match="taken by a newer session"):
+            model.continue_decoding(first, torch.tensor([1]))  # it would write into the second's caches
+    assert [c.length for caches in second.caches for c in caches] == lengths
+    model.continue_decoding(second, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("name", ["transformer", "perceiver-ar"])
+def test_a_superseded_compiled_session_of_a_baseline_is_refused(monkeypatch, name):
+    monkeypatch.setattr(layers, "compiled_step", lambda device: layers.static_step)
+    model = make(name)
+    _, first = model.start_decoding(torch.tensor([list(b"abc")]), compile=True)
+    _, second = model.start_decoding(torch.tensor([list(b"xy")]), compile=True)
+    with pytest.raises(MegabyteError, match="taken by a newer session"):
+        model.continue_decoding(first, torch.tensor([1]))
+    model.continue_decoding(second, torch.tensor([1]))
 
 
 def test_sampler_draws_what_multinomial_draws():
