@@ -257,8 +257,9 @@ def generate(
     several) that ends a row's generation once produced (kept in the output). `compile=True`
     decodes through fixed-shape steps compiled by `torch.compile` (CUDA graphs on a GPU; on the
     CPU it needs a C compiler): the first call compiles (seconds to minutes), later ones reuse it.
-    Its static caches are the model's, reused by the next compiled session: decode one compiled
-    session per model at a time (two interleaved `stream(..., compile=True)` would share them).
+    Its static caches are the model's, reused by the next compiled session: one compiled session
+    per model at a time (an older `stream(..., compile=True)` that goes on after a newer one
+    started stops with an error instead of writing into the newer one's caches).
     """
     if max_new_bytes < 0:
         raise MegabyteError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
