@@ -63,7 +63,7 @@ from torch import nn
 
 from megabyte.atomic import ASIDE_SUFFIX, atomic_write_bytes, fsync_dir, fsync_file, replace_dir
 from megabyte.errors import MegabyteError
-from megabyte.model.io import CONFIG, build_model, read_config
+from megabyte.model.io import CONFIG, build_model, meta_model, read_config
 from megabyte.model.io import load as load_model_dir
 from megabyte.model.weights import write_config
 from megabyte.training.faults import inject
@@ -500,8 +500,7 @@ def check_model_shards(config: Any, checkpoint: Path) -> dict[str, tuple[tuple[i
         raise MegabyteError(f"{checkpoint / SHARDS}: lists the shards of a {kind!r:.40} model, but {CONFIG} "
                             f"describes a {config.model_type} model")
     index = read_shard_index(checkpoint, MODEL_SHARDS)
-    with torch.device("meta"):
-        shapes = {key: value.shape for key, value in model_tensors(build_model(config)).items()}
+    shapes = {key: value.shape for key, value in model_tensors(meta_model(config)).items()}
     check_shard_shapes(index, shapes, str(checkpoint / MODEL_SHARDS))
     return index
 

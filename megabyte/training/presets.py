@@ -136,12 +136,9 @@ def fit_to_data(config, data, *, seq_len: int | None = None, fixed: Collection[s
 
 def parameter_count(model_config) -> int:
     """Parameters of a model built from `model_config`, counted without allocating them."""
-    import torch
+    from megabyte.model.io import meta_model
 
-    from megabyte.model import build_model
-
-    with torch.device("meta"):
-        model = build_model(model_config)
+    model = meta_model(model_config)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -114,3 +114,23 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
         os.umask(old)
     for name in ("model.safetensors", "config.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
+def test_a_meta_model_has_the_real_shapes_and_draws_nothing_at_random(name, monkeypatch):
+    """`meta_model` (counting parameters, checking files against a config): the real model's
+    parameter shapes, on the meta device, with no initialiser run (each costs milliseconds there,
+    and the first `normal_` imports torch._dynamo)."""
+    from megabyte.model.io import meta_model
+
+    config = make(name).config
+    real = {k: v.shape for k, v in make(name).state_dict().items()}
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("an initialiser ran on the meta device")
+
+    for fn in ("_no_grad_normal_", "_no_grad_uniform_"):  # the random draws (fills are cheap)
+        monkeypatch.setattr(torch.nn.init, fn, drawn)
+    model = meta_model(config)
+    assert {k: v.shape for k, v in model.state_dict().items()} == real
+    assert all(p.is_meta for p in model.parameters())
