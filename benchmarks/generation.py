@@ -43,6 +43,10 @@ def configs(quick: bool):
     )
 
 
+def make_prompt(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256) + bytes(n % 256)
+
+
 def bytes_per_second(model, prompt: bytes, new: int, *, use_cache: bool, repeats: int,
                      compile: bool = False) -> tuple[float, float]:
     rates = []
@@ -85,7 +89,7 @@ def cached_rate(args) -> float:
     """`--cached-only`: the cached MEGABYTE row alone, in this process (with whichever
     `megabyte` is importable: `--against` points a child process at another checkout)."""
     mb = megabyte.Megabyte(configs(args.quick)[0]).eval()
-    prompt = bytes(range(256)) * (args.prompt_bytes // 256) + bytes(args.prompt_bytes % 256)
+    prompt = make_prompt(args.prompt_bytes)
     megabyte.generate(mb, prompt, 16)  # warm-up
     return bytes_per_second(mb, prompt, args.new_bytes, use_cache=True, repeats=args.repeats)[0]
 
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     mb_cfg, tf_cfg = configs(args.quick)
     mb, tf = megabyte.Megabyte(mb_cfg).eval(), megabyte.Transformer(tf_cfg).eval()
-    prompt = bytes(range(256)) * (args.prompt_bytes // 256) + bytes(args.prompt_bytes % 256)
+    prompt = make_prompt(args.prompt_bytes)
     megabyte.generate(mb, prompt, 16)  # warm-up
     megabyte.generate(tf, prompt, 16)
     rows = [
